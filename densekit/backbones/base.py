@@ -1,0 +1,55 @@
+"""The one backbone contract every densekit backbone honours (DESIGN.md §3).
+
+A backbone maps an image batch ``(B, C, H, W)`` of any size to a list of NCHW feature maps,
+one per entry of ``out_indices``, and announces their widths and strides up front so that necks
+and heads can check themselves at construction (timm ``feature_info``, detectron2 ``ShapeSpec``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``out_channels`` and ``strides`` in ``__init__``.
+
+    Attributes:
+        out_channels: channels of each returned map, in ``out_indices`` order.
+        strides: stride of each returned map relative to the input (4, 8, 16, 32 for the usual four).
+        norm_eval: keep every BatchNorm in eval mode while training (frozen statistics).
+    """
+
+    out_channels: list[int]
+    strides: list[int]
+    norm_eval: bool = False
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """Modules kept in eval mode with no gradients (``frozen_stages``); subclasses override."""
+        return []
+
+    def freeze(self) -> None:
+        """Stop gradients of the frozen modules; called by subclasses at the end of ``__init__``."""
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Switch mode, keeping frozen stages and (with ``norm_eval``) batch norms in eval."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+
+def output_size(size: int, stride: int) -> int:
+    """Spatial size of a stride-``stride`` map for an input side of ``size`` (ceil, as padding gives)."""
+    return -(-size // stride)

@@ -1,0 +1,61 @@
+"""Patch embedding and patch merging for hierarchical transformers, on NHWC maps of any size."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch x patch`` convolution followed by a LayerNorm.
+
+    Inputs whose sides are not multiples of ``patch`` are zero-padded on the right and bottom,
+    as mmsegmentation and HuggingFace do, so the output has ``ceil(H/patch) x ceil(W/patch)`` tokens.
+
+    Args:
+        in_chans: input channels.
+        embed_dim: output channels ``C``.
+        patch_size: patch side (4 for Swin).
+        norm: apply LayerNorm after the projection (Swin's ``patch_norm``).
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4, norm: bool = True) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)``."""
+        p = self.patch_size
+        pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2x2 neighbourhood and project ``4C -> 2C`` (halves the resolution).
+
+    The neighbours are concatenated in the official Swin / timm order ``[x0, x1, x2, x3]`` =
+    offsets (row, col) ``(0,0), (1,0), (0,1), (1,1)``; mmsegmentation's ``nn.Unfold`` layout differs
+    and is converted on load (``densekit.convert.mmseg``). Odd sides are zero-padded first.
+
+    Args:
+        dim: input channels ``C``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
+        b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = h + h % 2, w + w % 2
+        # (B, H/2, row, W/2, col, C) -> (B, H/2, W/2, col, row, C): col-major neighbours = [x0, x1, x2, x3]
+        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.reduction(self.norm(x))
