@@ -1,13 +1,28 @@
-"""Backbone registry: a dict plus a decorator on short builder functions named after the model (timm style).
+"""Registries.
 
-mmengine's ``MODELS`` registry (for config files) is separate and lives with the models that
-configs build; this one answers ``densekit.create_backbone(name)``.
+``_BACKBONES`` is a dict plus a decorator on short builder functions named after the model (timm
+style); it answers ``densekit.create_backbone(name)``. ``MODELS``, ``DATASETS``, ``TRANSFORMS``,
+``METRICS`` and ``HOOKS`` are mmengine registries (children of mmengine's root registries, so the Runner finds
+them) that config files build from with ``type='...'``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine.registry import Registry
 from torch import nn
+
+MODELS = Registry("model", parent=MMENGINE_MODELS,
+                  locations=["densekit.models", "densekit.necks", "densekit.heads"])
+DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, locations=["densekit.datasets"])
+TRANSFORMS = Registry("transform", parent=MMENGINE_TRANSFORMS, locations=["densekit.datasets"])
+METRICS = Registry("metric", parent=MMENGINE_METRICS, locations=["densekit.evaluation"])
+HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["densekit.hooks"])
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 

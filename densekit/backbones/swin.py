@@ -291,22 +291,26 @@ def _init_weights(module: nn.Module) -> None:
 @register_backbone
 def swin_t(pretrained: str | None = None, **kwargs) -> SwinTransformer:
     """Swin-T: embed 96, depths 2-2-6-2, heads 3-6-12-24."""
-    return SwinTransformer(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), pretrained=pretrained, **kwargs)
+    return SwinTransformer(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), pretrained=pretrained,
+                           **kwargs)
 
 
 @register_backbone
 def swin_s(pretrained: str | None = None, **kwargs) -> SwinTransformer:
     """Swin-S: embed 96, depths 2-2-18-2, heads 3-6-12-24."""
-    return SwinTransformer(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), pretrained=pretrained, **kwargs)
+    return SwinTransformer(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), pretrained=pretrained,
+                           **kwargs)
 
 
 @register_backbone
 def swin_b(pretrained: str | None = None, **kwargs) -> SwinTransformer:
     """Swin-B: embed 128, depths 2-2-18-2, heads 4-8-16-32."""
-    return SwinTransformer(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), pretrained=pretrained, **kwargs)
+    return SwinTransformer(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), pretrained=pretrained,
+                           **kwargs)
 
 
 @register_backbone
 def swin_l(pretrained: str | None = None, **kwargs) -> SwinTransformer:
     """Swin-L: embed 192, depths 2-2-18-2, heads 6-12-24-48."""
-    return SwinTransformer(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), pretrained=pretrained, **kwargs)
+    return SwinTransformer(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), pretrained=pretrained,
+                           **kwargs)

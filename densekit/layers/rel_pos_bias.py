@@ -62,7 +62,8 @@ def resize_bias_table(table: torch.Tensor, window: int, method: str = "bicubic")
     raise ValueError(f"unknown bias-table resize method {method!r}; use 'bicubic' or 'geometric'")
 
 
-def resize_abs_pos_embed(embed: torch.Tensor, grid: tuple[int, int], src_grid: tuple[int, int] | None = None) -> torch.Tensor:
+def resize_abs_pos_embed(embed: torch.Tensor, grid: tuple[int, int],
+                         src_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Resize an absolute position embedding ``(1, S1*S1, C)`` to ``(1, H*W, C)`` bicubically.
 
     Args:

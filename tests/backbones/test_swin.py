@@ -31,7 +31,8 @@ def _to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = key.replace("patch_embed.proj", "embeddings.patch_embeddings.projection")
         key = key.replace("patch_embed.norm", "embeddings.norm").replace("stages.", "encoder.layers.")
         key = key.replace("norm1", "layernorm_before").replace("norm2", "layernorm_after")
-        key = key.replace("attn.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table")
+        key = key.replace("attn.relative_position_bias_table",
+                          "attention.relative_position_bias.relative_position_bias_table")
         key = key.replace("attn.proj", "attention.o_proj")
         if "attn.qkv" in key:
             for name, part in zip("qkv", value.chunk(3, dim=0)):

@@ -1,0 +1,128 @@
+"""Python API behind the tools: build a runner from a config, train, test, init a model, infer.
+
+``tools/train.py``, ``tools/test.py`` and ``tools/infer.py`` only parse arguments and call these.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exported for the tools)
+from mmengine.dataset import Compose, pseudo_collate
+from mmengine.registry import init_default_scope
+
+from .registry import MODELS, TRANSFORMS
+
+
+def load_config(config: str | Config, cfg_options: dict | None = None) -> Config:
+    """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file."""
+    if isinstance(config, Config):
+        cfg = config
+    else:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config file {config} does not exist (configs live in configs/*.py)")
+        cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.setdefault("default_scope", "densekit")
+    return cfg
+
+
+def safe_loading():
+    """Context in which mmengine's ``torch.load`` (resume, load_from) accepts the metadata types that
+    mmengine and densekit write (``HistoryBuffer``, numpy scalars) while staying ``weights_only``."""
+    from .convert import checkpoint_safe_globals
+
+    return checkpoint_safe_globals()
+
+
+def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+                 launcher: str = "none"):
+    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied."""
+    from mmengine.runner import Runner
+
+    cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
+    cfg.launcher = launcher
+    if resume:
+        cfg.resume = True
+    if amp:
+        if not torch.cuda.is_available():
+            raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    return Runner.from_cfg(cfg)
+
+
+def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+          launcher: str = "none"):
+    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics)."""
+    runner = build_runner(cfg, work_dir, resume, amp, launcher)
+    with safe_loading():
+        runner.train()
+    return runner
+
+
+def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = False,
+         launcher: str = "none") -> dict:
+    """Evaluate ``checkpoint`` on the config's test set; ``tta`` turns on flip + multi-scale inference."""
+    cfg.load_from = checkpoint
+    if tta:
+        cfg.model.test_cfg = dict(cfg.model.get("test_cfg", {}),
+                                  tta=dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True))
+    runner = build_runner(cfg, work_dir, launcher=launcher)
+    with safe_loading():
+        return runner.test()
+
+
+def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
+               cfg_options: dict | None = None) -> torch.nn.Module:
+    """Build the config's model, load ``checkpoint`` (safely), move it to ``device``, set eval mode.
+
+    The model keeps the config as ``model.cfg`` and class names / palette as ``model.dataset_meta``.
+    """
+    cfg = load_config(config, cfg_options)
+    init_default_scope(cfg.get("default_scope", "densekit"))
+    model_cfg = cfg.model.copy()
+    if checkpoint is not None and "pretrained" in model_cfg.get("backbone", {}):
+        model_cfg.backbone.pretrained = None  # the checkpoint holds the backbone too
+    model = MODELS.build(model_cfg)
+    meta: dict = {}
+    if checkpoint is not None:
+        from mmengine.runner import load_checkpoint
+
+        with safe_loading():
+            ckpt = load_checkpoint(model, checkpoint, map_location="cpu")
+        meta = ckpt.get("meta", {}).get("dataset_meta", {}) or {}
+    model.cfg = cfg
+    model.dataset_meta = meta or _dataset_meta(cfg)
+    return model.to(device).eval()
+
+
+def _dataset_meta(cfg: Config) -> dict:
+    """Class names and palette of the config's test dataset class, without reading its files."""
+    from .registry import DATASETS
+
+    dataset_cfg = cfg.get("test_dataloader", {}).get("dataset", {})
+    dataset_cls = DATASETS.get(dataset_cfg.get("type", "")) if dataset_cfg else None
+    meta = dict(getattr(dataset_cls, "METAINFO", {}) or {})
+    if dataset_cfg.get("classes"):
+        meta["classes"] = list(dataset_cfg["classes"])
+    return meta
+
+
+def inference_model(model: torch.nn.Module, image: str | np.ndarray):
+    """Segment one image (a path or an HxWx3 BGR uint8 array): a ``SegDataSample`` with
+    ``pred_sem_seg`` ``(1, H, W)`` and ``seg_logits`` ``(K, H, W)`` at the image's own size."""
+    steps = [t for t in model.cfg.test_pipeline if t["type"] != "LoadAnnotations"]
+    if isinstance(image, np.ndarray):
+        steps = [t for t in steps if t["type"] != "LoadImageFromFile"]
+        results = dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2], img_path=None)
+    else:
+        results = dict(img_path=str(image))
+    pipeline = Compose([TRANSFORMS.build(t) for t in steps])
+    data = model.data_preprocessor(pseudo_collate([pipeline(results)]), False)
+    with torch.no_grad(), contextlib.nullcontext():
+        return model.predict(data["inputs"], data["data_samples"])[0]
