@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
 from pathlib import Path
 
@@ -77,25 +77,38 @@ def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = 
         return runner.test()
 
 
+def build_model(cfg: Config, pretrained: bool = True) -> torch.nn.Module:
+    """The config's ``model``; ``pretrained=False`` skips the backbone's ``pretrained`` weights (a
+    whole-model checkpoint will hold them). ``cfg`` itself is left unchanged."""
+    init_default_scope(cfg.get("default_scope", "densekit"))
+    model_cfg = copy.deepcopy(cfg.model)
+    if not pretrained and "pretrained" in model_cfg.get("backbone", {}):
+        model_cfg.backbone.pretrained = None
+    return MODELS.build(model_cfg)
+
+
 def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
                cfg_options: dict | None = None) -> torch.nn.Module:
-    """Build the config's model, load ``checkpoint`` (safely), move it to ``device``, set eval mode.
+    """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode.
 
-    The model keeps the config as ``model.cfg`` and class names / palette as ``model.dataset_meta``.
+    ``checkpoint`` may be a densekit/mmengine checkpoint, or a whole mmsegmentation or HuggingFace UperNet
+    checkpoint (converted on load, see ``densekit.convert.segmentor``); keys that do not fit raise
+    ``CheckpointError``. The model keeps the config as ``model.cfg``, class names / palette as
+    ``model.dataset_meta`` (from the checkpoint, else the config's test dataset) and the
+    ``SegmentorReport`` as ``model.load_report``.
     """
     cfg = load_config(config, cfg_options)
-    init_default_scope(cfg.get("default_scope", "densekit"))
-    model_cfg = cfg.model.copy()
-    if checkpoint is not None and "pretrained" in model_cfg.get("backbone", {}):
-        model_cfg.backbone.pretrained = None  # the checkpoint holds the backbone too
-    model = MODELS.build(model_cfg)
+    model = build_model(cfg, pretrained=checkpoint is None)
     meta: dict = {}
+    model.load_report = None
     if checkpoint is not None:
-        from mmengine.runner import load_checkpoint
+        from mmengine.logging import print_log
 
-        with safe_loading():
-            ckpt = load_checkpoint(model, checkpoint, map_location="cpu")
-        meta = ckpt.get("meta", {}).get("dataset_meta", {}) or {}
+        from .convert.segmentor import load_segmentor_checkpoint
+
+        report = load_segmentor_checkpoint(model, checkpoint)
+        print_log(report.summary(), logger="current")
+        meta, model.load_report = report.dataset_meta, report
     model.cfg = cfg
     model.dataset_meta = meta or _dataset_meta(cfg)
     return model.to(device).eval()
@@ -113,16 +126,28 @@ def _dataset_meta(cfg: Config) -> dict:
     return meta
 
 
-def inference_model(model: torch.nn.Module, image: str | np.ndarray):
+def _test_pipeline(cfg: Config) -> list:
+    """The config's ``test_pipeline``, else its test dataset's pipeline."""
+    steps = cfg.get("test_pipeline") or cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline")
+    if not steps:
+        raise ValueError("the config has no test_pipeline (nor test_dataloader.dataset.pipeline) for inference")
+    return list(steps)
+
+
+def inference_model(model: torch.nn.Module, image: str | os.PathLike | np.ndarray):
     """Segment one image (a path or an HxWx3 BGR uint8 array): a ``SegDataSample`` with
     ``pred_sem_seg`` ``(1, H, W)`` and ``seg_logits`` ``(K, H, W)`` at the image's own size."""
-    steps = [t for t in model.cfg.test_pipeline if t["type"] != "LoadAnnotations"]
+    steps = [t for t in _test_pipeline(model.cfg) if t["type"] != "LoadAnnotations"]
     if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 BGR image, got an array of shape {image.shape}")
         steps = [t for t in steps if t["type"] != "LoadImageFromFile"]
         results = dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2], img_path=None)
     else:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image not found: {image}")
         results = dict(img_path=str(image))
     pipeline = Compose([TRANSFORMS.build(t) for t in steps])
-    data = model.data_preprocessor(pseudo_collate([pipeline(results)]), False)
-    with torch.no_grad(), contextlib.nullcontext():
+    with torch.no_grad():
+        data = model.data_preprocessor(pseudo_collate([pipeline(results)]), False)
         return model.predict(data["inputs"], data["data_samples"])[0]

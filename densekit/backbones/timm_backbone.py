@@ -14,6 +14,7 @@ import os
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from .base import Backbone, output_size
@@ -49,6 +50,9 @@ class TimmBackbone(Backbone):
         drop_path_rate: stochastic depth rate, passed to timm.
         with_cp: activation checkpointing through timm's ``set_grad_checkpointing``.
         in_chans: input channels ``C``; pretrained stems are adapted by timm (e.g. summed for 1).
+        out_norm: a ``LayerNorm2d(C_i, eps=1e-6)`` on each returned map (``out_norms.{i}`` for ``i`` in
+            ``out_indices``), as HF's ``ConvNextBackbone`` (``hidden_states_norms``) and mmseg's ConvNeXt
+            (``norm0..3``) normalise every stage output; ImageNet checkpoints lack them (unit init).
 
     Shapes:
         input ``(B, in_chans, H, W)`` for any ``H, W``; output ``[(B, out_channels[i], ceil(H / s_i),
@@ -65,6 +69,7 @@ class TimmBackbone(Backbone):
         drop_path_rate: float = 0.0,
         with_cp: bool = False,
         in_chans: int = 3,
+        out_norm: bool = False,
     ) -> None:
         super().__init__()
         if not is_timm_model(model_name):
@@ -102,6 +107,9 @@ class TimmBackbone(Backbone):
             # Older timm families lack forward_intermediates: rebuild as timm's features_only wrapper.
             model = _create(model_name, pretrained, features_only=True, out_indices=take, **kwargs)
         self.model = model
+        self.out_norms = nn.ModuleDict(
+            {str(i): LayerNorm2d(c, eps=1e-6) for i, c in zip(out_indices, self.out_channels)}
+        ) if out_norm else None
         if with_cp and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
 
@@ -119,7 +127,10 @@ class TimmBackbone(Backbone):
         self.freeze()
 
     def _frozen_modules(self) -> list[nn.Module]:
-        return [self.model.get_submodule(name) for name in self._frozen_names]
+        modules = [self.model.get_submodule(name) for name in self._frozen_names]
+        if self.out_norms is not None:  # a frozen stage keeps its output norm too (as densekit's Swin)
+            modules += [norm for i, norm in self.out_norms.items() if int(i) < self.frozen_stages]
+        return modules
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of ``x``.
@@ -128,7 +139,8 @@ class TimmBackbone(Backbone):
             x: images ``(B, in_chans, H, W)``, any ``H, W``.
 
         Returns:
-            ``[(B, out_channels[i], ceil(H / strides[i]), ceil(W / strides[i]))]``, NCHW.
+            ``[(B, out_channels[i], ceil(H / strides[i]), ceil(W / strides[i]))]``, NCHW (normalised per
+            position over channels with ``out_norm``).
         """
         h, w = x.shape[-2:]
         # Pad right/bottom (see _pad_multiple): strided and patchify convs floor odd sizes (ConvNeXt's
@@ -143,7 +155,10 @@ class TimmBackbone(Backbone):
             feats = self.model(x)
             if getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # timm's Format is a str enum
                 feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
-        return [f[..., :output_size(h, s), :output_size(w, s)] for f, s in zip(feats, self.strides)]
+        feats = [f[..., :output_size(h, s), :output_size(w, s)] for f, s in zip(feats, self.strides)]
+        if self.out_norms is not None:
+            feats = [self.out_norms[str(i)](f) for i, f in zip(self.out_indices, feats)]
+        return feats
 
 
 def _create(model_name: str, pretrained: str | None, **kwargs) -> nn.Module:

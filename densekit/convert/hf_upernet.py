@@ -8,10 +8,10 @@ still carry (``attention.self.query``, ``intermediate.dense``, ``backbone.encode
 Target layout: ``backbone.*`` (densekit ``SwinTransformer``, or ``TimmBackbone`` = ``backbone.model.*``
 in timm's ConvNeXt names), ``decode_head.*`` (``UPerHead``), ``auxiliary_head.*`` (``FCNHead``).
 
-Not mapped, and reported: HF Swin's classifier ``layernorm`` (unused by the backbone) and ConvNeXt's
-per-stage output norms ``backbone.hidden_states_norms.stageN``: HF (like mmseg's ConvNeXt ``norm0..3``)
-normalises each returned map, which densekit's ``TimmBackbone`` does not, so a converted ConvNeXt
-UPerNet needs such norms on the backbone side before its outputs match HF's.
+Both backbones normalise each returned map (``backbone.hidden_states_norms.stageN``, like mmseg's
+``norm0..3``): these become ``backbone.out_norms.{N-1}``, which densekit's Swin has by default and a
+``TimmBackbone`` ConvNeXt has with ``out_norm=True``. Not mapped, and reported: the classifier
+``layernorm`` after the last stage (unused by a backbone).
 """
 from __future__ import annotations
 
@@ -49,14 +49,16 @@ CONVNEXT_RULES: list[Rule] = [
     (r"\.pwconv1\.", ".mlp.fc1."),
     (r"\.pwconv2\.", ".mlp.fc2."),
     (r"\.layer_scale_parameter$", ".gamma"),
+    (r"^backbone\.hidden_states_norms\.stage(\d)\.", lambda m: f"backbone.out_norms.{int(m.group(1)) - 1}."),
 ]
 HEAD_RULES: list[Rule] = [
     (r"^(decode_head|auxiliary_head)\.classifier\.", r"\1.conv_seg."),
     (r"\.batch_norm\.", ".bn."),
 ]
-# HF keys with no densekit counterpart: classifier norms, and ConvNeXt's per-stage output norms.
+# HF keys with no densekit counterpart: the classifier norm after the last stage, Swin's absolute
+# position embeddings (UperNet configs never use them).
 SWIN_UNMAPPED = re.compile(r"^backbone\.layernorm\.|position_embeddings$")
-CONVNEXT_UNMAPPED = re.compile(r"^backbone\.hidden_states_norms\.|^backbone\.layernorm\.")
+CONVNEXT_UNMAPPED = re.compile(r"^backbone\.layernorm\.")
 # Recomputable buffers older transformers versions stored; never kept (DESIGN.md §3).
 RECOMPUTABLE = re.compile(r"relative_position_index$|attn_mask$")
 

@@ -18,8 +18,9 @@ class SegDataPreProcessor(BaseDataPreprocessor):
     Args:
         mean, std: per-channel statistics in RGB order (after ``bgr_to_rgb``), on the 0..255 scale.
         bgr_to_rgb: flip channel order (datasets read BGR with OpenCV).
-        size: pad every image on the right/bottom to this ``(H, W)`` (training crops); larger images
-            are left as they are.
+        size: in training, pad every image on the right/bottom to this ``(H, W)`` (the crop size);
+            larger images are left as they are. At test time a batch is only padded to its largest
+            image (and ``size_divisor``), as mmseg does.
         size_divisor: otherwise pad each side to a multiple of this.
         pad_val: image padding value (after normalisation: 0).
         seg_pad_val: label padding value (ignored by the loss).
@@ -51,10 +52,10 @@ class SegDataPreProcessor(BaseDataPreprocessor):
             image = image.flip(0)
         return (image - self.mean) / self.std
 
-    def _target_size(self, shapes: list[tuple[int, int]]) -> tuple[int, int]:
+    def _target_size(self, shapes: list[tuple[int, int]], training: bool) -> tuple[int, int]:
         height = max(h for h, _ in shapes)
         width = max(w for _, w in shapes)
-        if self.size is not None:
+        if self.size is not None and training:  # mmseg pads to the crop size in training only
             height, width = max(height, self.size[0]), max(width, self.size[1])
         if self.size_divisor:
             d = self.size_divisor
@@ -69,7 +70,7 @@ class SegDataPreProcessor(BaseDataPreprocessor):
         """
         inputs = [self.normalize(img) for img in data["inputs"]]
         samples = data.get("data_samples")
-        height, width = self._target_size([tuple(img.shape[-2:]) for img in inputs])
+        height, width = self._target_size([tuple(img.shape[-2:]) for img in inputs], training)
         batch = torch.stack([
             F.pad(img, (0, width - img.shape[-1], 0, height - img.shape[-2]), value=self.pad_val) for img in inputs
         ])

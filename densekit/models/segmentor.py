@@ -59,6 +59,10 @@ class EncoderDecoder(BaseModel):
                  neck: dict | None = None, data_preprocessor: dict | None = None, test_cfg: dict | None = None,
                  align_corners: bool = False, init_cfg: dict | None = None) -> None:
         data_preprocessor = data_preprocessor or dict(type="SegDataPreProcessor")
+        if isinstance(data_preprocessor, dict):
+            # Built from densekit's registry: BaseModel would look in mmengine's root registry, which only
+            # finds densekit's modules under default_scope='densekit' (set by configs, not by direct use).
+            data_preprocessor = MODELS.build(data_preprocessor)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = build_backbone(backbone)
         channels = list(self.backbone.out_channels)
@@ -66,13 +70,14 @@ class EncoderDecoder(BaseModel):
         if self.neck is not None:
             channels = [self.neck.out_channels] * self.neck.num_outs
         self.decode_head, self.decode_loss = _build_head(decode_head)
-        _check_in_channels("decode_head", decode_head, channels)
+        _check_in_channels("decode_head", self.decode_head, channels)
         self.auxiliary_head, self.aux_loss = (None, None)
         if auxiliary_head is not None:
             self.auxiliary_head, self.aux_loss = _build_head(auxiliary_head)
-            _check_in_channels("auxiliary_head", auxiliary_head, channels)
-        self.num_classes = decode_head["num_classes"]
+            _check_in_channels("auxiliary_head", self.auxiliary_head, channels)
+        self.num_classes = self.decode_head.num_classes  # the head's default when the config omits it
         self.test_cfg = dict(mode="whole") if test_cfg is None else dict(test_cfg)
+        _check_test_cfg(self.test_cfg)
         self.align_corners = align_corners
 
     # -- features and logits -------------------------------------------------------------------
@@ -169,19 +174,36 @@ class EncoderDecoder(BaseModel):
         return data_samples
 
 
-def _check_in_channels(name: str, cfg: dict, channels: list[int]) -> None:
-    """Heads must be built for the features they get: compare at construction, not at the first batch."""
-    expected = cfg.get("in_channels")
-    if expected is None:
+def _check_test_cfg(test_cfg: dict) -> None:
+    """A misspelt inference mode fails at construction rather than after the first validation epoch."""
+    mode = test_cfg.get("mode", "whole")
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"test_cfg.mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and not ("crop_size" in test_cfg and "stride" in test_cfg):
+        raise ValueError(f"test_cfg mode='slide' needs crop_size=(h, w) and stride=(h, w), got {test_cfg}")
+    tta = test_cfg.get("tta")
+    if tta and not tta.get("scales"):
+        raise ValueError(f"test_cfg.tta needs scales=[...] (and optionally flip=True), got {dict(tta)}")
+
+
+def _check_in_channels(name: str, head: torch.nn.Module, channels: list[int]) -> None:
+    """Heads must be built for the features they get: compare at construction, not at the first batch.
+
+    ``head.in_channels`` (a list read at ``head.in_index``, or one int read at level ``in_index``) against
+    the backbone/neck ``channels``; the error names the head and both channel lists.
+    """
+    expected, in_index = getattr(head, "in_channels", None), getattr(head, "in_index", None)
+    if expected is None or in_index is None:
         return
-    in_index = cfg.get("in_index")
+    what = f"{name} ({type(head).__name__})"
     if isinstance(expected, int):
-        index = in_index if isinstance(in_index, int) else 2
-        got = channels[index] if index < len(channels) else None
+        got = channels[in_index] if -len(channels) <= in_index < len(channels) else None
         if got != expected:
-            raise ValueError(f"{name}.in_channels={expected} but level {index} of the backbone/neck has {got} channels "
-                             f"(all levels: {channels})")
+            raise ValueError(f"{what}: in_channels={expected} but level in_index={in_index} of the backbone/neck "
+                             f"has {got} channels (backbone/neck out_channels: {channels})")
         return
-    if list(expected) != channels[: len(expected)] and list(expected) != channels:
-        raise ValueError(f"{name}.in_channels={list(expected)} does not match the backbone/neck out_channels "
-                         f"{channels}")
+    indices = list(in_index)
+    got = [channels[i] if -len(channels) <= i < len(channels) else None for i in indices]
+    if list(expected) != got:
+        raise ValueError(f"{what}: in_channels={list(expected)} at in_index={indices} does not match the "
+                         f"backbone/neck out_channels {channels} (levels {indices} have {got})")

@@ -71,7 +71,10 @@ def upernet_pair(request):
     kind = request.param
     hf = _hf_upernet(kind)
     converted, unmapped = convert_hf_upernet(hf.state_dict())
-    backbone = densekit.create_backbone("swin_t" if kind == "swin" else "convnext_tiny", drop_path_rate=0.0).eval()
+    # HF normalises every returned map (hidden_states_norms): densekit's Swin has out norms by default,
+    # its timm ConvNeXt with out_norm=True.
+    options = dict(drop_path_rate=0.0) if kind == "swin" else dict(drop_path_rate=0.0, out_norm=True)
+    backbone = densekit.create_backbone("swin_t" if kind == "swin" else "convnext_tiny", **options).eval()
     head = UPerHead(backbone.out_channels, channels=512, num_classes=150).eval()
     aux = FCNHead(384, channels=256, num_classes=150).eval()
     for module, prefix in ((backbone, "backbone."), (head, "decode_head."), (aux, "auxiliary_head.")):
@@ -80,15 +83,10 @@ def upernet_pair(request):
     x = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = hf.backbone(x, output_hidden_states=True)
-        theirs = dict(features=out.feature_maps, raw=out.hidden_states[1:],
-                      logits=hf.decode_head(out.feature_maps), aux=hf.auxiliary_head(out.feature_maps))
+        theirs = dict(features=out.feature_maps, logits=hf.decode_head(out.feature_maps),
+                      aux=hf.auxiliary_head(out.feature_maps))
         features = backbone(x)
-        raw = features
-        if kind == "convnext":
-            # densekit's TimmBackbone has no per-stage output norms (HF's hidden_states_norms, mmseg's
-            # norm0..3); they are left unmapped by the converter, so borrow HF's to test the rest.
-            features = [hf.backbone.hidden_states_norms[s](f) for s, f in zip(STAGES, features)]
-        ours = dict(features=features, raw=raw, logits=head(features), aux=aux(features))
+        ours = dict(features=features, logits=head(features), aux=aux(features))
     return kind, unmapped, ours, theirs
 
 
@@ -96,8 +94,21 @@ def test_converter_reports_unmapped_keys(upernet_pair):
     kind, unmapped, _, _ = upernet_pair
     if kind == "swin":  # HF's classifier norm, unused by a backbone
         assert unmapped == ["backbone.swin.layernorm.bias", "backbone.swin.layernorm.weight"]
-    else:
-        assert unmapped == sorted(f"backbone.hidden_states_norms.{s}.{p}" for s in STAGES for p in ("weight", "bias"))
+    else:  # HF's ConvNextBackbone has no classifier norm; its per-stage norms map to out_norms
+        assert unmapped == []
+
+
+def test_converter_maps_convnext_stage_norms():
+    transformers = pytest.importorskip("transformers")
+    small = transformers.ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], out_features=STAGES)
+    hf = transformers.UperNetForSemanticSegmentation(transformers.UperNetConfig(
+        backbone_config=small, num_labels=3, hidden_size=8, auxiliary_channels=8, auxiliary_in_channels=32))
+    source = hf.state_dict()
+    got, unmapped = convert_hf_upernet(source)
+    assert unmapped == []
+    for n, stage in enumerate(STAGES):
+        for p in ("weight", "bias"):
+            assert got[f"backbone.out_norms.{n}.{p}"] is source[f"backbone.hidden_states_norms.{stage}.{p}"]
 
 
 def test_converter_accepts_transformers4_names():
@@ -128,9 +139,8 @@ def test_converter_accepts_transformers4_names():
 
 
 def test_backbone_features_match_hf(upernet_pair):
-    kind, _, ours, theirs = upernet_pair
-    key = "raw" if kind == "convnext" else "features"  # ConvNeXt: before HF's per-stage norms
-    for stride, a, b in zip((4, 8, 16, 32), ours[key], theirs[key]):
+    _, _, ours, theirs = upernet_pair
+    for stride, a, b in zip((4, 8, 16, 32), ours["features"], theirs["features"]):
         assert a.shape == b.shape == (1, a.shape[1], 512 // stride, 512 // stride)
         assert (a - b).abs().max().item() < TOL
 
