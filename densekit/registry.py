@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import mmengine.registry as mmengine_registry
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import METRICS as MMENGINE_METRICS
@@ -23,6 +24,16 @@ DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, locations=["densekit.da
 TRANSFORMS = Registry("transform", parent=MMENGINE_TRANSFORMS, locations=["densekit.datasets"])
 METRICS = Registry("metric", parent=MMENGINE_METRICS, locations=["densekit.evaluation"])
 HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["densekit.hooks"])
+
+# Empty children of mmengine's other registries, so that building the Runner's loops, optimizers,
+# schedulers, visualizer, ... under ``default_scope='densekit'`` finds mmengine's classes through the
+# parent without a "Failed to search registry with scope 'densekit'" warning per component.
+_MMENGINE_ONLY = {}
+for _name in ("DATA_SAMPLERS", "EVALUATOR", "FUNCTIONS", "INFERENCERS", "LOG_PROCESSORS", "LOOPS", "MODEL_WRAPPERS",
+              "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS", "RUNNERS",
+              "RUNNER_CONSTRUCTORS", "TASK_UTILS", "VISBACKENDS", "VISUALIZERS", "WEIGHT_INITIALIZERS"):
+    _parent = getattr(mmengine_registry, _name)
+    _MMENGINE_ONLY[_name] = Registry(_parent.name, parent=_parent, scope="densekit", locations=_parent._locations)
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 

@@ -1,4 +1,5 @@
-"""Pictures people look at: colour overlays of label maps, written atomically."""
+"""Pictures people look at: colour overlays of label maps, comparison panels and training curves, written
+atomically."""
 from __future__ import annotations
 
 import os
@@ -43,3 +44,119 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------- panels and curves
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """``tile`` with a dark strip on top holding ``text``."""
+    strip = np.full((22, tile.shape[1], 3), 32, np.uint8)
+    cv2.putText(strip, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([strip, tile], axis=0)
+
+
+def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: int) -> np.ndarray:
+    """A BGR strip ``(rows * 22, width, 3)`` with one colour swatch and name per class."""
+    cell = 150
+    per_row = max(1, width // cell)
+    rows = -(-len(class_names) // per_row)
+    strip = np.full((rows * 22, width, 3), 255, np.uint8)
+    for i, (name, rgb) in enumerate(zip(class_names, palette)):
+        x, y = (i % per_row) * cell + 6, (i // per_row) * 22 + 4
+        cv2.rectangle(strip, (x, y), (x + 14, y + 14), tuple(int(c) for c in rgb[::-1]), -1)
+        cv2.putText(strip, str(name), (x + 20, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def comparison_panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
+                     class_names: Sequence[str] = (), alpha: float = 0.6) -> np.ndarray:
+    """``image | ground truth | prediction`` side by side, labels in class colours, plus a legend.
+
+    Args:
+        image: BGR uint8 ``(H, W, 3)``.
+        gt: class ids ``(H, W)`` (255 = ignored, drawn black) or None.
+        pred: class ids ``(H, W)``.
+        palette: RGB colour per class.
+        class_names: names for the legend; none drawn when empty.
+
+    Returns:
+        BGR uint8 ``(22 + H [+ legend], 2W or 3W, 3)``.
+    """
+    tiles = [_caption(image, "image")]
+    if gt is not None:
+        tiles.append(_caption(overlay(image, gt, palette, alpha), "ground truth"))
+    tiles.append(_caption(overlay(image, pred, palette, alpha), "prediction"))
+    panel = np.concatenate(tiles, axis=1)
+    if class_names:
+        panel = np.concatenate([panel, legend(class_names, palette, panel.shape[1])], axis=0)
+    return panel
+
+
+def read_scalars(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """mmengine's ``vis_data/scalars.json`` (one JSON object per line) -> ``(train rows, val rows)``.
+
+    Train rows carry ``loss`` and ``step`` (the iteration); validation rows carry the metrics
+    (``mIoU``, ``aAcc``, ...) and ``step`` (the iteration they were measured after).
+    """
+    import json
+
+    train, val = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "loss" in row:
+                train.append(row)
+            elif "mIoU" in row or "aAcc" in row:
+                val.append(row)
+    return train, val
+
+
+def plot_training_curves(scalars: str | os.PathLike, out: str | os.PathLike, metric: str = "mIoU",
+                         target: float | None = None, title: str = "") -> Path:
+    """Plot training loss and validation ``metric`` against iterations from a ``scalars.json``; write a PNG.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no display needed). ``target`` draws a dashed
+    line on the metric axis. Returns ``out``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train, val = read_scalars(scalars)
+    if not train:
+        raise ValueError(f"{scalars} holds no training loss: was the run logged with a LoggerHook?")
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_metric = fig.subplots(1, 2)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="total")
+    for key, color in (("decode.loss_ce", "tab:orange"), ("aux.loss_ce", "tab:green")):
+        if key in train[0]:
+            ax_loss.plot([r["step"] for r in train], [r[key] for r in train], color=color, lw=1, label=key)
+    last_step = max(r["step"] for r in train + val)
+    ax_loss.set(xlabel="iteration", ylabel="loss", title="training loss", xlim=(0, last_step))
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    rows = [r for r in val if metric in r]
+    if rows:
+        steps, values = [r["step"] for r in rows], [r[metric] for r in rows]
+        ax_metric.plot(steps, values, "o-", color="tab:red", label=f"validation {metric}")
+        ax_metric.annotate(f"{values[-1]:.3f}", (steps[-1], values[-1]), textcoords="offset points",
+                           xytext=(-8, -16), ha="right")
+    if target is not None:
+        ax_metric.axhline(target, ls="--", color="gray", label=f"target {target:g}")
+    ax_metric.set(xlabel="iteration", ylabel=metric, title=f"validation {metric}", ylim=(0, 1))
+    ax_metric.set_xlim(0, last_step)
+    ax_metric.legend(loc="lower right")
+    ax_metric.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}{out.suffix}")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

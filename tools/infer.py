@@ -1,7 +1,7 @@
 """Segment images or folders: writes ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image.
 
 Example:
-    python tools/infer.py configs/upernet_demo.py work_dirs/upernet_demo/iter_300.pth photos/ --out-dir preds
+    python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_300.pth photos/ --out-dir preds
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import cv2
 from tqdm import tqdm
 
 from densekit.apis import inference_model, init_model
+from densekit.cli import run_tool
 from densekit.visualization import default_palette, overlay, write_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

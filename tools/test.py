@@ -2,13 +2,14 @@
 
 Examples:
     python tools/test.py configs/upernet_swin_t_ade.py work_dirs/upernet_swin_t_ade/iter_160000.pth
-    python tools/test.py configs/upernet_demo.py work_dirs/upernet_demo/iter_300.pth --tta --out-dir overlays
+    python tools/test.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_300.pth --tta --out-dir overlays
 """
 from __future__ import annotations
 
 import argparse
 
 from densekit.apis import DictAction, load_config, test
+from densekit.cli import check_datasets, run_tool
 
 
 def main() -> None:
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = load_config(args.config, args.cfg_options)
+    check_datasets(cfg, ("test_dataloader",))  # fail before building the model
     if args.out_dir:
         cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type="SegOverlayHook", out_dir=args.out_dir)]
     metrics = test(cfg, args.checkpoint, work_dir=args.work_dir, tta=args.tta, launcher=args.launcher)
@@ -30,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -2,7 +2,7 @@
 
 Examples:
     python tools/train.py configs/upernet_swin_t_ade.py
-    python tools/train.py configs/upernet_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
+    python tools/train.py configs/upernet_swin_t_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
     python tools/train.py configs/upernet_swin_t_ade.py --resume          # continue from the latest checkpoint
     torchrun --nproc_per_node 8 tools/train.py configs/upernet_swin_t_ade.py --launcher pytorch
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from densekit.apis import DictAction, load_config, train
+from densekit.cli import check_datasets, run_tool
 
 
 def main() -> None:
@@ -24,8 +25,9 @@ def main() -> None:
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = load_config(args.config, args.cfg_options)
+    check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
     train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

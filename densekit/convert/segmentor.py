@@ -359,6 +359,13 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
     else:
         source = source or str(checkpoint)
         state_dict, meta = read_segmentor_checkpoint(checkpoint)
+    from .swin_unet import detect_swin_unet_layout, load_swin_unet_checkpoint, strip_prefixes
+
+    if detect_swin_unet_layout(strip_prefixes(state_dict)) == "official":
+        # Official Swin-Unet keys (layers_up, concat_back_dim, ...) have their own key tables.
+        swin_unet_report = load_swin_unet_checkpoint(model, {"state_dict": state_dict}, bias_resize, verbose=False)
+        swin_unet_report.dataset_meta = meta
+        return swin_unet_report
     try:
         converted, report = convert_segmentor_state_dict(state_dict, model)
         weights = fit_segmentor_state_dict(converted, model, report, bias_resize)

@@ -151,13 +151,22 @@ class SegDataset(BaseDataset):
                                     f"(data_root={self.data_root!r}). "
                                     + self._layout())
 
+    def check_layout(self) -> None:
+        """Raise ``FileNotFoundError`` (naming the expected layout) if a folder or split file this dataset
+        reads is missing. Cheap (lists nothing), so tools call it on a ``lazy_init`` dataset to fail
+        before building a model."""
+        self._require_dir(self.data_prefix["img_path"], "Image")
+        if self.data_prefix.get("seg_map_path") is not None:
+            self._require_dir(self.data_prefix["seg_map_path"], "Annotation")
+        if self.ann_file and not osp.isfile(self.ann_file):
+            raise FileNotFoundError(f"split file {self.ann_file} does not exist; it should list one image "
+                                    f"name per line, without the suffix {self.img_suffix!r}. " + self._layout())
+
     def load_data_list(self) -> list[dict]:
         """One dict per image: sorted by image path, or in the split file's order (mmseg's order)."""
         img_dir = self.data_prefix["img_path"]
         ann_dir = self.data_prefix.get("seg_map_path")
-        self._require_dir(img_dir, "Image")
-        if ann_dir is not None:
-            self._require_dir(ann_dir, "Annotation")
+        self.check_layout()
         if self.ann_file:  # the split file's order, as mmseg
             names = self._names_from_split(img_dir)
         else:  # sorted by path, as mmseg
@@ -181,9 +190,6 @@ class SegDataset(BaseDataset):
         return data_list
 
     def _names_from_split(self, img_dir: str) -> list[str]:
-        if not osp.isfile(self.ann_file):
-            raise FileNotFoundError(f"split file {self.ann_file} does not exist; it should list one image "
-                                    f"name per line, without the suffix {self.img_suffix!r}.")
         with open(self.ann_file, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip()]
         for name in names:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from .fcn_head import FCNHead
+from .rpn_head import RPNHead
+from .swin_unet_decoder import SwinUnetDecoder
 from .uper_head import UPerHead
 
-__all__ = ["FCNHead", "UPerHead"]
+__all__ = ["FCNHead", "RPNHead", "SwinUnetDecoder", "UPerHead"]

@@ -1,4 +1,4 @@
-"""Patch embedding and patch merging for hierarchical transformers, on NHWC maps of any size."""
+"""Patch embedding, merging and expanding for hierarchical transformers, on NHWC maps of any size."""
 from __future__ import annotations
 
 import torch
@@ -59,3 +59,63 @@ class PatchMerging(nn.Module):
         # (B, H/2, row, W/2, col, C) -> (B, H/2, W/2, col, row, C): col-major neighbours = [x0, x1, x2, x3]
         x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         return self.reduction(self.norm(x))
+
+
+def tokens_to_pixels(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """Spread each token's channels over a ``scale x scale`` block of pixels.
+
+    Swin-Unet's ``rearrange(x, 'b h w (p1 p2 c) -> b (h p1) (w p2) c', p1=s, p2=s)``: channel
+    ``(p1 * s + p2) * c_out + k`` of token ``(h, w)`` becomes channel ``k`` of pixel ``(h*s + p1, w*s + p2)``.
+
+    Args:
+        x: ``(B, H, W, s*s*C)``.
+        scale: ``s``.
+
+    Returns:
+        ``(B, s*H, s*W, C)``.
+    """
+    b, h, w, c = x.shape
+    if c % (scale * scale):
+        raise ValueError(f"{c} channels do not split into {scale}x{scale} blocks")
+    c_out = c // (scale * scale)
+    x = x.reshape(b, h, w, scale, scale, c_out).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * scale, w * scale, c_out)
+
+
+class PatchExpand(nn.Module):
+    """Swin-Unet's 2x upsampling: project ``C -> 2C`` (no bias), spread over 2x2 pixels of ``C/2``, LayerNorm.
+
+    Args:
+        dim: input channels ``C`` (even).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"PatchExpand needs an even number of channels, got {dim}")
+        self.expand = nn.Linear(dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, 2H, 2W, C/2)``."""
+        return self.norm(tokens_to_pixels(self.expand(x), 2))
+
+
+class FinalPatchExpand(nn.Module):
+    """Swin-Unet's ``FinalPatchExpand_X4``: project ``C -> s*s*C`` (no bias), spread over s x s pixels of ``C``,
+    LayerNorm; back to the input resolution when ``s`` is the patch size.
+
+    Args:
+        dim: channels ``C`` (kept).
+        scale: upsampling factor ``s`` (4, the Swin patch size).
+    """
+
+    def __init__(self, dim: int, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * scale * dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, s*H, s*W, C)``."""
+        return self.norm(tokens_to_pixels(self.expand(x), self.scale))

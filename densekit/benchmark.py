@@ -1,0 +1,543 @@
+"""Benchmark machinery: A/B-interleaved timing, machine info, markdown tables, docs sections.
+
+DESIGN.md §7: benchmarks compare densekit with a peer implementation of the same model and
+weights in the same process, A/B interleaved, and report medians and ratios. Read top to bottom:
+timing, machine info, markdown, the docs-section writer, the suite registry, then the suites.
+
+A suite is a function ``(BenchConfig) -> SuiteResult`` registered with ``@register_suite``; it
+builds its cases (callables running one step), checks that they agree, times them with
+``compare`` and renders a markdown section. ``tools/benchmark.py`` only parses arguments, calls
+``run_suite`` and, with ``--write``, ``update_section`` on ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+MODES = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed_call(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Seconds one call of ``fn`` takes, device work included (CUDA events on ``cuda``)."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_fn(fn: Callable[[], Any], warmup: int = 2, runs: int = 7, device: str = "cpu") -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then return the seconds of each of ``runs`` timed calls."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    return [_timed_call(fn, device) for _ in range(runs)]
+
+
+@dataclass
+class Stats:
+    """Timings of one case, in seconds; ``peak_mem``: bytes one call allocates at its peak on top
+    of what was already allocated (weights, inputs), CUDA only, else None."""
+
+    times: list[float]
+    peak_mem: int | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+
+def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> int | None:
+    """Peak CUDA memory one call of ``fn`` allocates above what was resident before it (bytes);
+    None off CUDA. Resident memory (every benchmarked model's weights) is subtracted so cases
+    sharing a process can be compared."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - resident
+
+
+def compare(
+    cases: dict[str, Callable[[], Any]], warmup: int = 2, runs: int = 7, device: str = "cpu"
+) -> dict[str, Stats]:
+    """Time several cases interleaved: every repetition runs each case once.
+
+    The order alternates between repetitions (A B C, C B A, ...) so that drifting machine state
+    (clock, caches, other load) falls on every case alike. Warm-up rounds run first, untimed.
+    On CUDA, peak memory of one extra call per case is recorded after the timed runs.
+    """
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    _synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(runs):
+        for name in names if rep % 2 == 0 else reversed(names):
+            times[name].append(_timed_call(cases[name], device))
+    return {name: Stats(times[name], peak_memory(cases[name], device)) for name in names}
+
+
+# --------------------------------------------------------------------------- machine info
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: str = "cpu") -> dict[str, str]:
+    """What a reader needs to compare numbers across machines, as ``{label: value}``."""
+    import timm
+
+    info = {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "CPU": cpu_model(),
+        "CPU cores (os.cpu_count)": str(os.cpu_count()),
+        "torch threads (get_num_threads)": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
+    if device == "cuda":
+        info["GPU"] = torch.cuda.get_device_name()
+        info["CUDA"] = str(torch.version.cuda)
+    return info
+
+
+def load_average() -> str:
+    """1/5/15-minute load averages, to show whether the machine was busy during a run."""
+    with contextlib.suppress(OSError):
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return "n/a"
+
+
+@dataclass
+class CpuSnapshot:
+    """Wall clock, CPU seconds used by the whole machine and by this process, at one moment."""
+
+    wall: float
+    machine_busy: float | None
+    own: float
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    """Take a ``CpuSnapshot`` (machine-wide busy time from /proc/stat; None where unavailable)."""
+    busy = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return CpuSnapshot(time.perf_counter(), busy, own.user + own.system)
+
+
+def background_cpu(before: CpuSnapshot, after: CpuSnapshot) -> str:
+    """How busy other processes kept the CPUs between two snapshots, e.g. ``'0.1 cores (2%)'``:
+    the machine's busy time minus this process's, over the wall time. Near 0 = a quiet run."""
+    if before.machine_busy is None or after.machine_busy is None:
+        return "n/a"
+    wall = max(after.wall - before.wall, 1e-9)
+    others = max(0.0, (after.machine_busy - before.machine_busy) - (after.own - before.own)) / wall
+    return f"{others:.2f} cores ({100 * others / (os.cpu_count() or 1):.0f}% of the machine)"
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are formatted with ``str``."""
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+DOC_HEADER = (
+    "# densekit benchmarks\n\n"
+    "Written by `tools/benchmark.py --write`; each section between `<!-- bench:NAME -->` markers is\n"
+    "replaced by its suite and leaves the others alone. Every section records the exact command,\n"
+    "the machine and the load average, so numbers can be reproduced and compared.\n"
+)
+
+
+def update_section(path: str | os.PathLike, name: str, body: str) -> None:
+    """Replace the text between ``<!-- bench:name -->`` and ``<!-- /bench:name -->`` in ``path``.
+
+    A missing file gets a header; a missing section is appended. Other sections and any text
+    outside markers are kept byte for byte. Written to a temporary file and renamed over
+    ``path`` (``os.replace``), so a crash never leaves a half-written document.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else DOC_HEADER
+    begin, end = _markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- suites
+
+
+@dataclass
+class BenchConfig:
+    """What every suite is run with (the CLI's arguments)."""
+
+    size: tuple[int, int] = (512, 512)
+    batch: int = 1
+    runs: int = 7
+    warmup: int = 2
+    mode: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch.cuda.is_available() is False")
+
+
+@dataclass
+class SuiteResult:
+    """A suite's measurements and its rendered markdown (title, tables, notes)."""
+
+    name: str
+    title: str
+    stats: dict[str, Stats]
+    markdown: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_SUITES: dict[str, Callable[[BenchConfig], SuiteResult]] = {}
+
+
+def register_suite(fn: Callable[[BenchConfig], SuiteResult]) -> Callable[[BenchConfig], SuiteResult]:
+    """Register a suite under its function name, e.g. ``swin_t_backbone``."""
+    _SUITES[fn.__name__] = fn
+    return fn
+
+
+def list_suites() -> list[str]:
+    return sorted(_SUITES)
+
+
+def run_suite(name: str, config: BenchConfig) -> SuiteResult:
+    """Run the suite ``name``; raises KeyError naming the known suites."""
+    if name not in _SUITES:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
+    return _SUITES[name](config)
+
+
+def section_name(suite: str, config: BenchConfig) -> str:
+    """Docs section key: one section per suite, device and mode, e.g. ``swin_t_backbone.cpu.fp32``."""
+    return f"{suite}.{config.device}.{config.mode}"
+
+
+def render_section(result: SuiteResult, config: BenchConfig, command: str, load_before: str, load_after: str,
+                   background: str = "n/a") -> str:
+    """The markdown of one docs section: title, command, machine and load, the suite's own text."""
+    info = machine_info(config.device)
+    info["load average before / after (1, 5, 15 min)"] = f"{load_before} / {load_after}"
+    info["other processes' CPU use during the run"] = background
+    machine = markdown_table(["machine", "value"], list(info.items()))
+    return (
+        f"## {result.title}\n\n"
+        f"```\n{command}\n```\n\n"
+        f"{machine}\n\n"
+        f"{result.markdown.strip()}\n"
+    )
+
+
+def inference_case(fn: Callable[[], Any], mode: str, device: str) -> Callable[[], Any]:
+    """Wrap one forward in ``torch.inference_mode`` and, for ``bf16``, ``torch.autocast``."""
+
+    def run() -> Any:
+        autocast = (torch.autocast(device_type=device, dtype=torch.bfloat16) if mode == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            return fn()
+
+    return run
+
+
+def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Largest absolute difference over paired tensors (compared in fp32)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} outputs against {len(b)}")
+    for x, y in zip(a, b):
+        if x.shape != y.shape:
+            raise ValueError(f"output shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f}"
+
+
+def results_table(stats: dict[str, Stats], peer: str, diffs: dict[str, Sequence[str]] | None = None,
+                  diff_headers: Sequence[str] = ()) -> str:
+    """One row per case: median, min, ratio to ``peer`` (median over median), extra diff columns,
+    and peak memory when it was measured."""
+    with_mem = any(s.peak_mem is not None for s in stats.values())
+    headers = ["implementation", "median ms", "min ms", f"ratio vs {peer}", *diff_headers]
+    if with_mem:
+        headers.append("peak MiB above resident")
+    rows = []
+    for name, s in stats.items():
+        row = [name, _ms(s.median), _ms(s.min), f"{s.median / stats[peer].median:.2f}"]
+        row += list((diffs or {}).get(name, ["-"] * len(diff_headers)))
+        if with_mem:
+            row.append("-" if s.peak_mem is None else f"{s.peak_mem / 2**20:.0f}")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+# --------------------------------------------------------------------------- suite: Swin-T backbone
+
+_TIMM_SWIN_T = "swin_tiny_patch4_window7_224"
+_SWIN_WINDOW, _SWIN_PATCH, _SWIN_STAGES = 7, 4, 4
+AGREEMENT_TOL = 1e-4
+
+
+def timm_swin_to_densekit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm Swin state dict -> densekit ``SwinTransformer(out_norm=False)`` layout.
+
+    ``layers.i`` -> ``stages.i``; timm's ``layers.i.downsample`` (start of stage i) ->
+    ``stages.{i-1}.downsample`` (end of the previous stage); ``head.*`` and ``norm.*`` dropped.
+    Both use the [x0, x1, x2, x3] merging order, so no channel permutation is needed.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(("head.", "norm.")):
+            continue
+        match = re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key)
+        if match:
+            out[f"stages.{int(match[1]) - 1}.downsample.{match[2]}"] = value
+        elif key.startswith("layers."):
+            out["stages." + key[len("layers."):]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def swin_agreement_size(side: int) -> int:
+    """A side at which timm's Swin and official Swin compute the same thing, near ``side``.
+
+    timm rolls (shifts) a block's input *before* padding it to window multiples; official Swin,
+    mmsegmentation, HuggingFace and densekit pad first, then roll. Where a stage's side is neither
+    a window multiple nor at most one window, the two place the padding differently and their
+    outputs differ by design. Returns ``side`` if every stage is safe, else the nearest multiple
+    of ``patch * window * 2**3`` (224 for Swin-T), at least one.
+    """
+    sides = [-(-side // (_SWIN_PATCH * 2**i)) for i in range(_SWIN_STAGES)]
+    if all(s % _SWIN_WINDOW == 0 or s <= _SWIN_WINDOW for s in sides):
+        return side
+    unit = _SWIN_PATCH * _SWIN_WINDOW * 2 ** (_SWIN_STAGES - 1)
+    return max(unit, round(side / unit) * unit)
+
+
+def _timm_swin_t(img_size: tuple[int, int] = (224, 224)) -> nn.Module:
+    import timm
+
+    return timm.create_model(_TIMM_SWIN_T, pretrained=False, num_classes=0, img_size=img_size)
+
+
+def _load_timm_swin(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Load window-7 timm weights into a timm Swin built for a size where some stage is smaller
+    than the window (timm then shrinks that stage's window and table): crop the tables to their
+    central offsets, as densekit does at run time, so both models use the same biases."""
+    from densekit.layers.rel_pos_bias import crop_bias_table, table_window
+
+    own = model.state_dict()
+    weights = {k: crop_bias_table(v, table_window(own[k])) if k.endswith("relative_position_bias_table")
+               and v.shape != own[k].shape else v for k, v in weights.items()}
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def _with_fused_attn(model: nn.Module) -> nn.Module:
+    """A copy of a timm Swin with SDPA window attention (timm's ``fused_attn``, experimental there)."""
+    from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
+
+    fused = copy.deepcopy(model)
+    for module in fused.modules():
+        if isinstance(module, TimmWindowAttention):
+            module.fused_attn = True
+    return fused
+
+
+def build_swin_t_models(sizes: Sequence[tuple[int, int]], device: str, seed: int = 0
+                        ) -> tuple[dict[str, nn.Module], dict[tuple[int, int], dict[str, nn.Module]]]:
+    """densekit Swin-T (SDPA and reference attention) and timm Swin-T with identical random weights.
+
+    The weights are those of a timm Swin-T at 224 (window 7 in every stage) seeded with ``seed``.
+    densekit takes any size, so its two models serve every size. timm is built per size with
+    ``img_size=size``: at a fixed size it precomputes its shift masks and picks window and shift
+    per stage for that size, as densekit does (and caches). With ``strict_img_size=False`` it
+    would rebuild the masks every forward and take stage sizes from the 224 default, dropping
+    the shift of stage 3 at 512x512 - a different model.
+
+    Returns:
+        densekit models ``{name: model}`` and, per size, timm models ``{name: model}``.
+    """
+    import densekit
+
+    torch.manual_seed(seed)
+    source = _timm_swin_t()
+    weights = source.state_dict()
+    ours = {}
+    for name, impl in (("densekit", "sdpa"), ("densekit (reference attn)", "reference")):
+        model = densekit.create_backbone("swin_t", out_norm=False, attn_impl=impl)
+        model.load_state_dict(timm_swin_to_densekit(weights), strict=True)
+        ours[name] = model.eval().to(device)
+    peers = {}
+    for size in dict.fromkeys(tuple(s) for s in sizes):
+        timm_model = source if size == (224, 224) else _load_timm_swin(_timm_swin_t(size), weights)
+        timm_model = timm_model.eval().to(device)
+        peers[size] = {"timm": timm_model, "timm (fused_attn=True)": _with_fused_attn(timm_model)}
+    return ours, peers
+
+
+def _swin_forwards(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, Callable[[], list[torch.Tensor]]]:
+    def forward(name: str, model: nn.Module) -> Callable[[], list[torch.Tensor]]:
+        if name.startswith("timm"):
+            return lambda: model.forward_intermediates(x, intermediates_only=True)
+        return lambda: model(x)
+
+    return {name: forward(name, model) for name, model in models.items()}
+
+
+def _swin_diffs(models: dict[str, nn.Module], x: torch.Tensor, mode: str, device: str) -> dict[str, float]:
+    """Max abs difference of every model's four maps against timm's, at input ``x`` in ``mode``."""
+    forwards = {n: inference_case(f, mode, device) for n, f in _swin_forwards(models, x).items()}
+    reference = forwards["timm"]()
+    return {name: max_abs_diff(fn(), reference) for name, fn in forwards.items()}
+
+
+@register_suite
+def swin_t_backbone(config: BenchConfig) -> SuiteResult:
+    """Swin-T backbone forward, densekit against timm ``forward_intermediates`` on identical weights."""
+    h, w = config.size
+    dev = config.device
+    # Agreement is checked in fp32 at a size where timm and densekit share semantics (see
+    # swin_agreement_size), then timing runs at the asked size with the same weights.
+    check = (swin_agreement_size(h), swin_agreement_size(w))
+    ours, peers = build_swin_t_models([check, (h, w)], dev, config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
+    xc = x if check == (h, w) else torch.randn(config.batch, 3, *check, generator=gen).to(dev)
+
+    check_diffs = _swin_diffs({**ours, **peers[check]}, xc, "fp32", dev)
+    bad = {n: d for n, d in check_diffs.items() if d > AGREEMENT_TOL}
+    if bad:
+        raise AssertionError(f"outputs disagree with timm beyond {AGREEMENT_TOL} at {check}: {bad}")
+    if check != (h, w):
+        del peers[check]
+    models = {**ours, **peers[(h, w)]}
+    run_diffs = _swin_diffs(models, x, config.mode, dev)
+
+    cases = {n: inference_case(f, config.mode, dev) for n, f in _swin_forwards(models, x).items()}
+    stats = compare(cases, config.warmup, config.runs, dev)
+
+    size_txt = f"{h}x{w}"
+    diff_headers = [f"max abs diff vs timm, fp32 @ {check[0]}x{check[1]} (checked <= {AGREEMENT_TOL:g})",
+                    f"max abs diff vs timm, {config.mode} @ {size_txt}"]
+    diffs = {n: [f"{check_diffs[n]:.1e}", f"{run_diffs[n]:.1e}"] for n in stats}
+    table = results_table(stats, "timm", diffs, diff_headers)
+    dk, peer = stats["densekit"], stats["timm"]
+    title = f"Swin-T backbone forward, {size_txt}, batch {config.batch}, {config.mode}, {dev}"
+    autocast = f", `torch.autocast('{dev}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
+    semantics = (
+        f"Why two diff columns: at {size_txt} not every stage side is a multiple of the window (7), and timm "
+        "rolls (shifts) a block's input before padding it to window multiples while densekit, like official "
+        "Swin, mmsegmentation and HuggingFace, pads first and then rolls; the padding lands in different "
+        f"places, so the outputs at {size_txt} differ by design, not by error. The compute is the same "
+        "(same padded grids, windows and shifts). Agreement is therefore checked, with the same weights, at "
+        f"{check[0]}x{check[1]}, the nearest size where every stage side is a window multiple."
+        if check != (h, w) else "Agreement is checked at the timing size itself."
+    )
+    markdown = f"""
+What: `densekit.create_backbone('swin_t', out_norm=False)` (the four stage maps, NCHW) against
+`timm.create_model('{_TIMM_SWIN_T}', pretrained=False, num_classes=0, img_size=({h}, {w}))`
+`.forward_intermediates(x, intermediates_only=True)`, on identical random weights (timm's, copied
+into densekit: `layers.i` -> `stages.i`, `layers.i.downsample` -> `stages.{{i-1}}.downsample`,
+`head`/`norm` dropped). timm is built for the input size (`img_size`), so its shift masks are
+precomputed buffers and its per-stage windows and shifts are the ones densekit uses (with
+`strict_img_size=False` it would rebuild masks every call and drop stage 3's shift at 512);
+densekit caches its folded bias+mask per size. `timm` is timm's default path: its Swin attention
+is matmul-softmax-matmul, because timm calls Swin's fused attention experimental (on only with
+`TIMM_FUSED_ATTN=2`); `timm (fused_attn=True)` is the same model with SDPA switched on.
+`densekit (reference attn)` is `attn_impl='reference'` (per-window matmuls, official Swin).
+
+Protocol: one process, `torch.inference_mode()`{autocast}, {config.warmup} warm-up round(s), then
+{config.runs} timed rounds, interleaved (each round runs every implementation once; the order is
+reversed every other round); median and min over the rounds; ratio = median / timm's median
+(below 1 = faster than timm).
+
+{table}
+
+densekit / timm (median): **{dk.median / peer.median:.2f}x** ({_ms(dk.median)} ms vs {_ms(peer.median)} ms).
+
+{semantics}
+"""
+    return SuiteResult("swin_t_backbone", title, stats, markdown,
+                       extra={"check_size": check, "check_diffs": check_diffs, "run_diffs": run_diffs})

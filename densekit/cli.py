@@ -1,0 +1,77 @@
+"""What the command-line tools share: expected errors as one message instead of a traceback, and a data check
+that fails before a model is built.
+
+``tools/*.py`` end with ``run_tool(main)``: a missing file or folder (dataset, config, checkpoint) or a config
+error (a file that does not parse, a ``type`` no registry knows, a ``ConfigError``) is printed to stderr as
+``error: <message>`` and the process exits with status 1. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+# Errors a user fixes by changing a path or a config, each raised with a message that says what to do.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, FileExistsError)
+
+
+class ConfigError(ValueError):
+    """A config that cannot work (a wrong key, a missing section), said in one sentence."""
+
+
+def _is_config_error(error: BaseException) -> bool:
+    """mmengine's words for a config that does not parse (SyntaxError naming the file) or names a type no
+    registry has (KeyError '... is not in the densekit::model registry ...')."""
+    if isinstance(error, SyntaxError):
+        return "config file" in str(error)
+    if isinstance(error, KeyError):
+        return " registry" in str(error) and "is not in the" in str(error)
+    return True
+
+
+def run_tool(main: Callable[[], object]) -> None:
+    """Call a tool's ``main()``; on a user error print one paragraph to stderr and exit with status 1."""
+    try:
+        main()
+    except (*USER_ERRORS, ConfigError, SyntaxError, KeyError) as error:
+        if not _is_config_error(error):
+            raise
+        message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _dataset_cfgs(cfg: dict) -> Iterator[dict]:
+    """The leaf dataset configs inside a (possibly wrapped) dataset config: ``ConcatDataset(datasets=[...])``,
+    ``RepeatDataset(dataset=...)``, ``ClassBalancedDataset(dataset=...)``."""
+    if "datasets" in cfg:
+        for sub in cfg["datasets"]:
+            yield from _dataset_cfgs(sub)
+    elif isinstance(cfg.get("dataset"), dict):
+        yield from _dataset_cfgs(cfg["dataset"])
+    else:
+        yield cfg
+
+
+def check_datasets(cfg, loaders: tuple[str, ...] = ("train_dataloader", "val_dataloader")) -> None:
+    """Check that the data of ``cfg``'s ``loaders`` is where the config says, before a Runner builds a model.
+
+    Each dataset is built with ``lazy_init=True`` (its files are not listed) and its ``check_layout()`` raises
+    ``FileNotFoundError`` with the expected layout when a folder is missing. A dataset that generates itself
+    (``DemoDataset(generate=True)``) generates here. Raises ``ConfigError`` when a loader has no dataset.
+    """
+    from mmengine.registry import init_default_scope
+
+    from .registry import DATASETS
+
+    init_default_scope(cfg.get("default_scope", "densekit"))
+    for name in loaders:
+        loader = cfg.get(name)
+        if loader is None:
+            continue
+        if not isinstance(loader, dict) or not isinstance(loader.get("dataset"), dict):
+            raise ConfigError(f"{name} in the config must be a dict with a 'dataset' entry, got {loader!r}")
+        for dataset_cfg in _dataset_cfgs(loader["dataset"]):
+            dataset = DATASETS.build({**dataset_cfg, "lazy_init": True})
+            check = getattr(dataset, "check_layout", None)
+            if check is not None:
+                check()
