@@ -89,3 +89,15 @@ def test_bad_config():
         benchmark.BenchConfig(mode="fp8")
     with pytest.raises(KeyError, match="swin_t_backbone"):
         benchmark.run_suite("nope", benchmark.BenchConfig())
+
+
+def test_upernet_suite_smoke():
+    """The UPerNet suite checks agreement with HF and times inference and a training step (256x256: every
+    stage is larger than the window, where HF's SwinBackbone and official Swin agree)."""
+    pytest.importorskip("transformers")
+    from densekit import bench_upernet  # noqa: F401  (registers the suite)
+
+    result = benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(256, 256), runs=1, warmup=0))
+    assert result.extra["max_abs_diff"] < 1e-4
+    assert set(result.stats) == {"infer densekit", "infer HF transformers", "train densekit", "train HF transformers"}
+    assert "Training step" in result.markdown and all(s.median > 0 for s in result.stats.values())

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-from densekit import benchmark
+from densekit import (
+    bench_upernet,  # noqa: F401  (registers the upernet_swin_t suite)
+    benchmark,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

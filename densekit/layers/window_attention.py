@@ -8,6 +8,7 @@ The reference path is the official Swin's per-window matmul-softmax-matmul, kept
 """
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 
 import torch
@@ -30,6 +31,11 @@ def _shift_region_mask(height: int, width: int, window: int, shift: int, device:
     Tokens that a cyclic shift brought together from different regions of the grid must not
     attend to each other; regions are labelled on the padded grid, as official Swin and mmseg do.
     """
+    with _plain_tensors():
+        return _build_shift_region_mask(height, width, window, shift, device)
+
+
+def _build_shift_region_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     regions = torch.zeros(height, width, device=device)
     bounds = ((0, -window), (-window, -shift), (-shift, None))
     label = 0
@@ -46,7 +52,17 @@ def _shift_region_mask(height: int, width: int, window: int, shift: int, device:
 @lru_cache(maxsize=32)
 def _cached_index(window: int, device: torch.device) -> torch.Tensor:
     # Recomputable, so never a buffer in the state dict (DESIGN.md §3); built once per device.
-    return relative_position_index(window).to(device)
+    with _plain_tensors():
+        return relative_position_index(window).to(device)
+
+
+def _plain_tensors() -> contextlib.ExitStack:
+    """Context for tensors that are cached across calls: built under ``torch.inference_mode()`` they
+    would be inference tensors, which a later training step cannot save for backward."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -120,20 +136,22 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad)
         key = (height, width, window, shift, dtype, table.device, table._version, table.data_ptr())
-        if cacheable and key in self._mask_cache:
-            return self._mask_cache[key]
-        bias = self.relative_bias(window).unsqueeze(0)  # (1, nH, N, N)
-        n_windows = (height // window) * (width // window)
-        if shift:
-            bias = bias + _shift_region_mask(height, width, window, shift, table.device)[:, None]
-        else:
-            bias = bias.expand(n_windows, -1, -1, -1)
-        mask = bias.reshape(-1, window * window, window * window).to(dtype)
-        if cacheable:
+        if not cacheable:
+            return self._fold(height, width, window, shift, dtype)
+        if key not in self._mask_cache:
             if len(self._mask_cache) >= 8:  # many input sizes: keep memory bounded
                 self._mask_cache.clear()
-            self._mask_cache[key] = mask
-        return mask
+            with _plain_tensors():
+                self._mask_cache[key] = self._fold(height, width, window, shift, dtype)
+        return self._mask_cache[key]
+
+    def _fold(self, height: int, width: int, window: int, shift: int, dtype: torch.dtype) -> torch.Tensor:
+        bias = self.relative_bias(window).unsqueeze(0)  # (1, nH, N, N)
+        if shift:
+            bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
+        else:
+            bias = bias.expand((height // window) * (width // window), -1, -1, -1)
+        return bias.reshape(-1, window * window, window * window).to(dtype)
 
     def forward(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """Attend within windows of an already padded and cyclically shifted map.

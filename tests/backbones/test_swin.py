@@ -249,3 +249,14 @@ def test_bf16_autocast_close_to_fp32():
 def test_unknown_backbone_suggests_names():
     with pytest.raises(KeyError, match="swin_t"):
         densekit.create_backbone("swin_tt")
+
+
+def test_inference_mode_then_training():
+    """Masks and indices cached under torch.inference_mode() must not break a later training step."""
+    model = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), frozen_stages=1)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.inference_mode():
+        model.eval()(x)
+    outs = model.train()(x)
+    sum(o.mean() for o in outs).backward()
+    assert model.stages[1].blocks[1].attn.relative_position_bias_table.grad is not None
