@@ -167,9 +167,9 @@ def _strip_prefixes(state_dict: Tensors) -> StateDict:
     return out
 
 
-def unwrap(obj: Mapping) -> StateDict:
-    """The state dict inside a checkpoint: ``obj['state_dict' | 'model' | 'module']`` (nested too),
-    with ``module.``/``backbone.`` prefixes removed and non-tensor entries skipped.
+def checkpoint_tensors(obj: Mapping) -> StateDict:
+    """The tensors inside ``obj['state_dict' | 'model' | 'module']`` wrappers (nested too), keys untouched;
+    non-tensor entries skipped.
 
     Raises:
         CheckpointError: no dict of tensors found.
@@ -182,7 +182,12 @@ def unwrap(obj: Mapping) -> StateDict:
     tensors = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"no state dict in checkpoint; top-level keys: {list(obj)[:10]}")
-    return _strip_prefixes(tensors)
+    return tensors
+
+
+def unwrap(obj: Mapping) -> StateDict:
+    """The state dict inside a checkpoint (``checkpoint_tensors``) with ``module.``/``backbone.`` prefixes removed."""
+    return _strip_prefixes(checkpoint_tensors(obj))
 
 
 # ------------------------------------------------------------------------------ detect and convert

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _WRAPPERS, _adapt_tensor, _save_atomically, convert_swin, detect_layout, read_checkpoint
+from . import _adapt_tensor, _save_atomically, checkpoint_tensors, convert_swin, detect_layout, read_checkpoint
 from .common import DROP_RULES, CheckpointError, StateDict
 from .hf_upernet import convert_hf_upernet
 
@@ -122,14 +122,7 @@ def _hf_folder(path: Path) -> tuple[Path, dict]:
 
 def _unwrap(obj: Mapping) -> StateDict:
     """The tensors of ``obj['state_dict' | 'model' | 'module']`` (nested too), without DDP's ``module.``."""
-    for _ in range(len(_WRAPPERS) + 1):
-        inner = next((obj[key] for key in _WRAPPERS if isinstance(obj.get(key), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    tensors = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"no state dict in checkpoint; top-level keys: {list(obj)[:10]}")
+    tensors = checkpoint_tensors(obj)
     if all(key.startswith("module.") for key in tensors):
         tensors = {key[len("module."):]: value for key, value in tensors.items()}
     return tensors

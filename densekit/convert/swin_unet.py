@@ -32,10 +32,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from . import _WRAPPERS, BIAS_RESIZE, _adapt_tensor, _log, convert_swin, detect_layout, read_checkpoint, unwrap
+from . import BIAS_RESIZE, _adapt_tensor, _log, checkpoint_tensors, convert_swin, detect_layout, read_checkpoint, unwrap
 from .common import CheckpointError, LoadReport, Rule, StateDict, Tensors, apply_rules
 
 SWIN_UNET_LAYOUTS = ("official", "densekit")
@@ -225,20 +224,6 @@ def _fit(state_dict: StateDict, model: nn.Module, report: LoadReport, bias_resiz
     return out
 
 
-def _tensors(checkpoint: Mapping) -> StateDict:
-    """The tensors inside ``{'state_dict' | 'model' | 'module': ...}`` wrappers, keys untouched."""
-    obj = checkpoint
-    for _ in range(len(_WRAPPERS) + 1):
-        inner = next((obj[key] for key in _WRAPPERS if isinstance(obj.get(key), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    tensors = {key: value for key, value in obj.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"no state dict in checkpoint; top-level keys: {list(obj)[:10]}")
-    return tensors
-
-
 def _read(checkpoint: str | os.PathLike | Mapping) -> tuple[Mapping, str]:
     if isinstance(checkpoint, Mapping):
         return checkpoint, ""
@@ -273,7 +258,7 @@ def load_swin_unet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
     """
     obj, source = _read(checkpoint)
     try:
-        state_dict = strip_prefixes(_tensors(obj))
+        state_dict = strip_prefixes(checkpoint_tensors(obj))
         layout = detect_swin_unet_layout(state_dict)
         if layout is None:
             raise CheckpointError(f"not a Swin-Unet checkpoint (no layers_up / decode_head keys); first keys: "
@@ -337,7 +322,7 @@ def load_swin_unet_pretrained(model: nn.Module, path: str | os.PathLike | Mappin
     ``load_from`` does), anything else as ImageNet Swin weights (``load_imagenet_swin``)."""
     obj, source = _read(path)
     try:
-        layout = detect_swin_unet_layout(strip_prefixes(_tensors(obj)))
+        layout = detect_swin_unet_layout(strip_prefixes(checkpoint_tensors(obj)))
     except CheckpointError as error:
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
     if layout is not None:
