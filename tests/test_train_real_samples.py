@@ -61,7 +61,6 @@ def _config(work_dir: Path) -> Config:
     ))
 
 
-@pytest.mark.slow  # ~45 s on an idle 2-core CPU, minutes when the cores are shared
 def test_upernet_swin_t_loss_falls_in_30_iterations_on_potsdam_and_vaihingen(tmp_path):
     start = time.perf_counter()
     runner = train(_config(tmp_path / "work"), work_dir=str(tmp_path / "work"))
