@@ -256,3 +256,47 @@ def save_png(image: np.ndarray, path: str) -> str:
             f.write(data.tobytes())
 
     return _atomic(str(path), ".png", write)
+
+
+# -- the volume branch of tools/infer.py ------------------------------------------------------------------
+def model_input_size(model: nn.Module, default: Sequence[int] = (224, 224)) -> tuple[int, int]:
+    """The slice size the model was trained at: ``ResizeSlice.output_size`` of its config's test pipeline."""
+    cfg = getattr(model, "cfg", None)
+    dataset = (cfg.get("test_dataloader", {}) or {}).get("dataset", {}) if cfg is not None else {}
+    for step in dataset.get("pipeline", []) or []:
+        if step.get("type") == "ResizeSlice":
+            return tuple(step.get("output_size", default))
+    return tuple(default)
+
+
+def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, window: str | None = "auto",
+                         batch_size: int = 16, palette: Sequence[Sequence[int]] | None = None) -> list[str]:
+    """Segment every volume in ``inputs`` (files or folders of ``.nii``/``.nii.gz``/``.npy.h5``); no labels needed.
+
+    Per volume: ``<name>_pred.nii.gz`` (NIfTI input, the source affine) or ``<name>_pred.h5`` (h5 input), and
+    ``<name>_montage.png`` (overlays of 16 slices). ``window='auto'`` windows NIfTI intensities as CT
+    (``window_intensity(..., 'ct')``) and leaves h5 volumes as stored (Synapse h5 are windowed already);
+    ``'ct'``, ``'mr'`` or None force a choice. Returns the prediction paths.
+    """
+    from .datasets.medical_transforms import window_intensity
+    from .visualization import default_palette
+
+    paths = [p for item in inputs for p in list_volumes(str(item))]
+    size = model_input_size(model)
+    classes = (getattr(model, "dataset_meta", None) or {}).get("classes", [])
+    written = []
+    for path in paths:
+        volume, spacing, affine = read_volume(path)
+        nifti = path.endswith(NIFTI_SUFFIXES)
+        chosen = ("ct" if nifti else None) if window == "auto" else window
+        if chosen is not None:
+            volume = window_intensity(volume, chosen)
+        name = osp.basename(path)
+        for suffix in VOLUME_SUFFIXES:
+            name = name[: -len(suffix)] if name.endswith(suffix) else name
+        labels = infer_volume(model, volume, batch_size=batch_size, input_size=size, desc=name)
+        pred_path = osp.join(out_dir, f"{name}_pred" + (".nii.gz" if nifti else ".h5"))
+        written.append(save_nifti(labels, affine, pred_path) if nifti else save_h5(labels, pred_path, spacing=spacing))
+        colours = palette or default_palette(max(len(classes), int(labels.max()) + 1))
+        save_png(montage(volume, labels, colours), osp.join(out_dir, f"{name}_montage.png"))
+    return written

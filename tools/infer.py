@@ -1,7 +1,12 @@
-"""Segment images or folders: writes ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image.
+"""Segment images, volumes or folders of either.
 
-Example:
-    python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_300.pth photos/ --out-dir preds
+Images: ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image. Volumes (``.nii``, ``.nii.gz``,
+``.npy.h5``; medical configs): ``<name>_pred.nii.gz`` with the source affine (``_pred.h5`` for h5 input) and
+``<name>_montage.png``, slices run in batches with a progress bar per volume.
+
+Examples:
+    python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds
+    python tools/infer.py configs/swin_unet_t_synapse.py swin_unet.pth scans/ --out-dir preds --window ct
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from tqdm import tqdm
 
 from densekit.apis import inference_model, init_model
 from densekit.cli import run_tool
+from densekit.medical_inference import is_volume_file, segment_volume_files
 from densekit.visualization import default_palette, overlay, write_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -33,6 +39,10 @@ def list_images(inputs: list[str]) -> list[Path]:
     return found
 
 
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
@@ -40,8 +50,16 @@ def main() -> None:
     parser.add_argument("images", nargs="+", help="image files and/or folders")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--window", choices=["auto", "ct", "mr", "none"], default="auto",
+                        help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
+    parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
     args = parser.parse_args()
     model = init_model(args.config, args.checkpoint, device=args.device)
+    if any(is_volume_file(p) or (Path(p).is_dir() and not _has_images(Path(p))) for p in args.images):
+        window = None if args.window == "none" else args.window
+        for path in segment_volume_files(model, args.images, args.out_dir, window, args.batch_size):
+            print(f"wrote {path}")
+        return
     classes = model.dataset_meta.get("classes", [])
     out_dir = Path(args.out_dir)
     for path in tqdm(list_images(args.images), desc="infer", unit="img"):

@@ -394,7 +394,9 @@ def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, confi
     report = load_segmentor_checkpoint(model, {"state_dict": state_dict}, str(src), bias_resize)
     report.dataset_meta = meta
     out_meta = {"densekit_version": densekit.__version__, "source": str(src), "layout": report.layout,
-                "backbone_layout": report.backbone_layout, "config": str(cfg.filename or "")}
+                "config": str(cfg.filename or "")}
+    if getattr(report, "backbone_layout", ""):  # Swin-Unet reports have one layout for the whole model
+        out_meta["backbone_layout"] = report.backbone_layout
     if meta:
         out_meta["dataset_meta"] = meta
     weights = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}

@@ -218,13 +218,16 @@ class MedicalMetric(BaseMetric):
         num_classes: default ``len(dataset_meta['classes'])``. Class 0 (background) is not scored.
         output_dir: where to write ``csv_name`` (per case rows and a mean row); None writes nothing.
         csv_name: file name of the table.
+        save_predictions: also write each case's predicted labels to ``output_dir/<case>_pred.nii.gz`` with
+            the source affine (slices carry ``affine`` from NIfTI datasets; otherwise the diagonal affine of
+            the spacing).
         collect_device, prefix: as in ``mmengine.evaluator.BaseMetric``.
 
     Returns ``mDSC``, ``mHD95`` and ``DSC.{class}`` / ``HD95.{class}`` for each scored class.
     """
 
     def __init__(self, protocol: str = "densekit", num_classes: int | None = None, output_dir: str | None = None,
-                 csv_name: str = "medical_metrics.csv", collect_device: str = "cpu",
+                 csv_name: str = "medical_metrics.csv", save_predictions: bool = False, collect_device: str = "cpu",
                  prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         if protocol not in PROTOCOLS:
@@ -233,6 +236,9 @@ class MedicalMetric(BaseMetric):
         self._num_classes = num_classes
         self.output_dir = output_dir
         self.csv_name = csv_name
+        if save_predictions and not output_dir:
+            raise ValueError("MedicalMetric(save_predictions=True) needs an output_dir")
+        self.save_predictions = save_predictions
         self._pending: dict[str, dict] = {}
         self.last_rows: list[dict] = []
 
@@ -278,7 +284,7 @@ class MedicalMetric(BaseMetric):
                 self.add_volume(pred, gt, case, spacing)
                 continue
             entry = self._pending.setdefault(case, dict(num_slices=int(_get(sample, "num_slices")),
-                                                        spacing=spacing, slices={}))
+                                                        spacing=spacing, affine=_get(sample, "affine"), slices={}))
             entry["slices"][int(index)] = (pred, gt)
             if len(entry["slices"]) == entry["num_slices"]:
                 self.results.append(self._assemble(case, self._pending.pop(case)))
@@ -290,7 +296,17 @@ class MedicalMetric(BaseMetric):
             raise ValueError(f"case {case}: slices {order[:5]}... do not cover 0..{entry['num_slices'] - 1}")
         pred = np.stack([entry["slices"][k][0] for k in order])
         gt = np.stack([entry["slices"][k][1] for k in order])
+        if self.save_predictions:
+            self._save_prediction(case, pred, entry)
         return self.score_volume(pred, gt, case, entry["spacing"])
+
+    def _save_prediction(self, case: str, pred: np.ndarray, entry: dict) -> None:
+        from ..medical_inference import save_nifti, spacing_affine
+
+        affine = entry.get("affine")
+        affine = np.asarray(affine, np.float64) if affine is not None else spacing_affine(entry["spacing"] or (1, 1, 1))
+        path = save_nifti(pred, affine, osp.join(self.output_dir, f"{case}_pred.nii.gz"))
+        print_log(f"MedicalMetric: wrote {path}", logger="current")
 
     def evaluate(self, size: int) -> dict:
         # Incomplete cases travel with the results (several ranks hold parts of them) and are assembled later.
@@ -307,7 +323,7 @@ class MedicalMetric(BaseMetric):
             if part["partial"] in scored:  # slices repeated by a distributed sampler's padding
                 continue
             entry = merged.setdefault(part["partial"], dict(num_slices=part["num_slices"], spacing=part["spacing"],
-                                                            slices={}))
+                                                            affine=part.get("affine"), slices={}))
             entry["slices"].update(part["slices"])
         for case, entry in merged.items():
             if len(entry["slices"]) < entry["num_slices"]:

@@ -449,6 +449,29 @@ def test_segmentor_loader_dispatches_official_swin_unet(official_t, official_t_p
     assert all(torch.equal(v, official_t.state_dict()[k]) for k, v in expected.items())
 
 
+def test_tool_converts_an_official_checkpoint_for_the_synapse_config(official_t, official_t_pth, tmp_path, grey_image):
+    """``tools/convert.py SRC DST --config configs/swin_unet_t_synapse.py``; ``init_model`` then gives the
+    official logits."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from densekit.apis import init_model
+
+    repo = Path(__file__).resolve().parents[2]
+    dst = tmp_path / "swin_unet_synapse.pth"
+    options = ["--cfg-options", "model.backbone.in_chans=3"]
+    result = subprocess.run([sys.executable, "tools/convert.py", str(official_t_pth), str(dst), "--config",
+                             "configs/swin_unet_t_synapse.py", *options], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = init_model(str(repo / "configs" / "swin_unet_t_synapse.py"), str(dst),
+                       cfg_options={"model.backbone.in_chans": 3})
+    image = grey_image.expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        diff = (model(image, mode="tensor") - official_t(image)).abs().max().item()
+    assert diff < TOL
+
+
 # -------------------------------------------------------------------------------- ImageNet mirroring
 def _official_rule(pretrained: dict) -> tuple[OfficialSwinUnet, set[str]]:
     """Official Swin-Unet-T initialised by the official rule; the decoder parameters it took from the encoder."""
