@@ -95,8 +95,10 @@ def load_demo_config(config: str | Path = DEMO_CONFIG, *, work_dir: str | None =
     cfg = Config.fromfile(str(config))
     if work_dir is not None:
         cfg.work_dir = work_dir
-    train_ds, val_ds = cfg.train_dataloader.dataset, cfg.val_dataloader.dataset
-    for ds in (train_ds, val_ds):
+    train_ds = cfg.train_dataloader.dataset
+    # test_dataloader is a copy of val_dataloader once loaded: both must follow, or tools/test.py would
+    # regenerate the default dataset over this one.
+    for ds in (train_ds, cfg.val_dataloader.dataset, cfg.test_dataloader.dataset):
         if data_root is not None:
             ds.data_root = data_root
         ds.update(dataset or {})
