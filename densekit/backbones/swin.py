@@ -233,7 +233,7 @@ class SwinTransformer(Backbone):
                 drop=drop_rate, attn_drop=attn_drop_rate, attn_impl=attn_impl,
             ))
         self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices}) if out_norm else None
-        self.apply(_init_weights)
+        self.apply(init_swin_weights)
 
         if pretrained:
             from ..convert import load_pretrained
@@ -277,8 +277,9 @@ class SwinTransformer(Backbone):
         return outs
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Official Swin initialisation: truncated normal(0.02) linears, unit LayerNorms."""
+def init_swin_weights(module: nn.Module) -> None:
+    """Official Swin (and Swin-Unet) initialisation: truncated normal(0.02) linears, unit LayerNorms; other
+    layers keep PyTorch's defaults."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -27,10 +27,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.utils.checkpoint
-from timm.layers import trunc_normal_
 from torch import nn
 
-from ..backbones.swin import SwinBlock
+from ..backbones.swin import SwinBlock, init_swin_weights
 from ..layers.patch import FinalPatchExpand, PatchExpand
 from ..registry import MODELS
 
@@ -126,7 +125,7 @@ class SwinUnetDecoder(nn.Module):
         self.norm = nn.LayerNorm(in_channels[0])
         self.up = FinalPatchExpand(in_channels[0], patch_size)
         self.conv_seg = nn.Conv2d(in_channels[0], num_classes, kernel_size=1, bias=False)
-        self.apply(_init_weights)
+        self.apply(init_swin_weights)  # official; the 1x1 conv keeps PyTorch's default
 
     def forward(self, bottleneck: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decode.
@@ -146,15 +145,3 @@ class SwinUnetDecoder(nn.Module):
             x = stage(x, skips[len(self.stages) - 1 - k])
         x = self.up(self.norm(x))
         return self.conv_seg(x.permute(0, 3, 1, 2))
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official Swin-Unet initialisation: truncated normal(0.02) linears, unit LayerNorms (the 1x1 conv keeps
-    PyTorch's default, as officially)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
