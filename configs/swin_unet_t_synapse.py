@@ -2,7 +2,8 @@
 # (HuCaoFighting/Swin-Unet, configs/swin_tiny_patch4_window7_224_lite.yaml + train.py): 9 classes,
 # SGD lr 0.05, momentum 0.9, weight decay 1e-4, poly power 0.9 per iteration, batch 24,
 # 150 epochs, encoder from ImageNet Swin-T mirrored into the decoder. Runnable on its own:
-#   python tools/train.py configs/swin_unet_t_synapse.py --cfg-options model.backbone.pretrained=swin_tiny_patch4_window7_224.pth
+#   python tools/train.py configs/swin_unet_t_synapse.py \
+#       --cfg-options model.backbone.pretrained=swin_tiny_patch4_window7_224.pth
 # Published reference (Swin-Unet paper, not reproduced here): DSC 79.13, HD95 21.55 (voxels).
 default_scope = "densekit"
 
