@@ -132,7 +132,10 @@ class WindowAttention(nn.Module):
         return table[_cached_index(window, table.device).view(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, dtype: torch.dtype) -> torch.Tensor:
-        """Relative bias plus shift mask, ``(nW*nH, N, N)`` in ``dtype``, cached when safe."""
+        """Relative bias plus shift mask, ``(1, nW*nH, N, N)`` in ``dtype``, cached when safe.
+
+        4-D on purpose: PyTorch's CPU flash-attention kernel takes 2-D or 4-D masks only; a 3-D mask sends
+        every call to the slower math path (Swin-T 512x512 bf16 on CPU: 1.16x -> 1.03x of timm's time)."""
         table = self.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad)
         key = (height, width, window, shift, dtype, table.device, table._version, table.data_ptr())
@@ -151,7 +154,7 @@ class WindowAttention(nn.Module):
             bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
         else:
             bias = bias.expand((height // window) * (width // window), -1, -1, -1)
-        return bias.reshape(-1, window * window, window * window).to(dtype)
+        return bias.reshape(1, -1, window * window, window * window).to(dtype)
 
     def forward(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """Attend within windows of an already padded and cyclically shifted map.
