@@ -152,12 +152,49 @@ def _params(num_train: int, num_val: int, size: tuple[int, int], seed: int) -> d
                 size=[int(size[0]), int(size[1])], seed=int(seed), classes=list(DEMO_CLASSES))
 
 
-def _is_complete(root: str, params: dict) -> bool:
+def _is_complete(root: str, params: dict, marker: str = MARKER) -> bool:
     try:
-        with open(osp.join(root, MARKER), encoding="utf-8") as f:
+        with open(osp.join(root, marker), encoding="utf-8") as f:
             return json.load(f) == params
     except (OSError, ValueError):
         return False
+
+
+def generate_once(root: str, params: dict, marker: str, what: str, write: Callable[[str], None]) -> str:
+    """Generate a dataset into ``root`` unless it is there with the same ``params``; return ``root`` (absolute).
+
+    ``write(tmp)`` fills a temporary sibling folder and must write ``marker`` (``params`` as JSON) last; the
+    folder then replaces ``root`` by a rename, so a crash never leaves a half-written dataset. A ``root``
+    generated with other parameters is replaced; an existing, non-empty ``root`` without the marker is never
+    touched (``FileExistsError`` naming ``what`` it is not). Concurrent callers (several ranks) are safe: each
+    writes its own temporary folder and the first rename wins.
+    """
+    root = osp.abspath(os.fspath(root))
+    if _is_complete(root, params, marker):
+        return root
+    if osp.exists(root) and not osp.exists(osp.join(root, marker)) and (not osp.isdir(root) or os.listdir(root)):
+        raise FileExistsError(f"{root} exists and is not a {what} (no {marker}); choose another folder or remove it")
+    parent = osp.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.tmp-", dir=parent)
+    old = None
+    try:
+        write(tmp)
+        if osp.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+        elif osp.exists(root) and not _is_complete(root, params, marker):  # ours, other parameters: replace
+            old = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.old-", dir=parent)
+            os.replace(root, osp.join(old, "data"))
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not _is_complete(root, params, marker):  # someone else's rename did not produce what we need
+                raise
+    finally:
+        for path in (tmp, old):
+            if path is not None and osp.exists(path):
+                shutil.rmtree(path, ignore_errors=True)
+    return root
 
 
 def _write_all(tmp: str, params: dict, progress: bool) -> None:
@@ -189,34 +226,8 @@ def make_demo_dataset(root: str, num_train: int = 96, num_val: int = 24, size: t
     non-empty ``root`` without the marker is never touched (FileExistsError). Concurrent callers (e.g.
     several ranks) are safe: each writes its own temporary folder and the first rename wins.
     """
-    root = osp.abspath(os.fspath(root))
     params = _params(num_train, num_val, size, seed)
-    if _is_complete(root, params):
-        return root
-    if osp.exists(root) and not osp.exists(osp.join(root, MARKER)) and (not osp.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"{root} exists and is not a densekit demo dataset (no {MARKER}); "
-                              "choose another folder or remove it")
-    parent = osp.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.tmp-", dir=parent)
-    old = None
-    try:
-        _write_all(tmp, params, progress)
-        if osp.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        elif osp.exists(root) and not _is_complete(root, params):  # ours, other parameters: replace
-            old = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.old-", dir=parent)
-            os.replace(root, osp.join(old, "data"))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root, params):  # someone else's rename did not produce what we need
-                raise
-    finally:
-        for path in (tmp, old):
-            if path is not None and osp.exists(path):
-                shutil.rmtree(path, ignore_errors=True)
-    return root
+    return generate_once(root, params, MARKER, "densekit demo dataset", lambda tmp: _write_all(tmp, params, progress))
 
 
 @DATASETS.register_module()

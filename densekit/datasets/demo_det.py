@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -31,7 +29,7 @@ import numpy as np
 
 from ..registry import DATASETS
 from .coco import CocoDataset
-from .demo import DEMO_CLASSES, _background, _shape_mask, _texture
+from .demo import DEMO_CLASSES, _background, _shape_mask, _texture, generate_once
 
 DEMO_DET_CLASSES = DEMO_CLASSES[1:]  # disc, rectangle, triangle, stripes, checker (category ids 1..5)
 MARKER = "densekit_demo_det.json"
@@ -81,14 +79,6 @@ def _params(num_train: int, num_val: int, size: tuple[int, int], seed: int, min_
                 classes=list(DEMO_DET_CLASSES))
 
 
-def _is_complete(root: str, params: dict) -> bool:
-    try:
-        with open(osp.join(root, MARKER), encoding="utf-8") as f:
-            return json.load(f) == params
-    except (OSError, ValueError):
-        return False
-
-
 def _write_split(tmp: str, split: str, split_id: int, count: int, params: dict) -> None:
     img_dir = osp.join(tmp, "images", split)
     os.makedirs(img_dir)
@@ -117,38 +107,16 @@ def make_demo_det_dataset(root: str, num_train: int = 200, num_val: int = 50, si
     ``root`` without the marker is never touched (``FileExistsError``). Concurrent callers are safe: each
     writes its own temporary folder and the first rename wins.
     """
-    root = osp.abspath(os.fspath(root))
     params = _params(num_train, num_val, size, seed, min_visible)
-    if _is_complete(root, params):
-        return root
-    if osp.exists(root) and not osp.exists(osp.join(root, MARKER)) and (not osp.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"{root} exists and is not a densekit demo detection dataset (no {MARKER}); "
-                              "choose another folder or remove it")
-    parent = osp.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.tmp-", dir=parent)
-    old = None
-    try:
+
+    def write(tmp: str) -> None:
         os.makedirs(osp.join(tmp, "annotations"))
         for (split, split_id), count in zip(_SPLITS, (num_train, num_val)):
             _write_split(tmp, split, split_id, count, params)
         with open(osp.join(tmp, MARKER), "w", encoding="utf-8") as f:  # last: marks completeness
             json.dump(params, f, indent=1)
-        if osp.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        elif osp.exists(root):  # ours, other parameters: move aside, then replace
-            old = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.old-", dir=parent)
-            os.replace(root, osp.join(old, "data"))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root, params):  # someone else's rename did not produce what we need
-                raise
-    finally:
-        for path in (tmp, old):
-            if path is not None and osp.exists(path):
-                shutil.rmtree(path, ignore_errors=True)
-    return root
+
+    return generate_once(root, params, MARKER, "densekit demo detection dataset", write)
 
 
 @DATASETS.register_module()
