@@ -91,8 +91,9 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
                cfg_options: dict | None = None) -> torch.nn.Module:
     """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode.
 
-    ``checkpoint`` may be a densekit/mmengine checkpoint, or a whole mmsegmentation or HuggingFace UperNet
-    checkpoint (converted on load, see ``densekit.convert.segmentor``); keys that do not fit raise
+    ``checkpoint`` may be a densekit/mmengine checkpoint, a whole mmsegmentation or HuggingFace UperNet
+    checkpoint (converted on load, see ``densekit.convert.segmentor``), or for RPN configs an mmdetection or
+    torchvision Faster R-CNN checkpoint (``densekit.convert.detector``); keys that do not fit raise
     ``CheckpointError``. The model keeps the config as ``model.cfg``, class names / palette as
     ``model.dataset_meta`` (from the checkpoint, else the config's test dataset) and the
     ``SegmentorReport`` as ``model.load_report``.
@@ -104,9 +105,9 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     if checkpoint is not None:
         from mmengine.logging import print_log
 
-        from .convert.segmentor import load_segmentor_checkpoint
+        from .convert.segmentor import load_model_checkpoint
 
-        report = load_segmentor_checkpoint(model, checkpoint)
+        report = load_model_checkpoint(model, checkpoint)
         print_log(report.summary(), logger="current")
         meta, model.load_report = report.dataset_meta, report
     model.cfg = cfg
@@ -135,9 +136,14 @@ def _test_pipeline(cfg: Config) -> list:
 
 
 def inference_model(model: torch.nn.Module, image: str | os.PathLike | np.ndarray):
-    """Segment one image (a path or an HxWx3 BGR uint8 array): a ``SegDataSample`` with
-    ``pred_sem_seg`` ``(1, H, W)`` and ``seg_logits`` ``(K, H, W)`` at the image's own size."""
-    steps = [t for t in _test_pipeline(model.cfg) if t["type"] != "LoadAnnotations"]
+    """Run the model on one image (a path or an HxWx3 BGR uint8 array), through the config's test pipeline.
+
+    Returns:
+        segmentors: a ``SegDataSample`` with ``pred_sem_seg`` ``(1, H, W)`` and ``seg_logits`` ``(K, H, W)`` at
+        the image's own size; an RPN: a ``DetDataSample`` whose ``pred_instances`` holds ``bboxes``
+        ``(N, 4)`` xyxy in the image's pixels and ``scores`` ``(N,)``, best first, ``N <= max_per_img``.
+    """
+    steps = [t for t in _test_pipeline(model.cfg) if t["type"] not in ("LoadAnnotations", "LoadDetAnnotations")]
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR image, got an array of shape {image.shape}")

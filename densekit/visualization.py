@@ -1,5 +1,5 @@
-"""Pictures people look at: colour overlays of label maps, comparison panels and training curves, written
-atomically."""
+"""Pictures people look at: colour overlays of label maps, proposals drawn on images, comparison panels and
+training curves, written atomically."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,27 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int
     if image.shape[:2] != label.shape:
         raise ValueError(f"image {image.shape[:2]} and label {label.shape} differ in size")
     return cv2.addWeighted(image, 1 - alpha, colorize(label, palette), alpha, 0)
+
+
+def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, top_k: int = 20,
+                   gt_boxes: np.ndarray | None = None) -> np.ndarray:
+    """The ``top_k`` highest-scoring ``boxes`` ``(N, 4)`` xyxy (image pixels) over a BGR ``image``, coloured
+    by ``scores`` ``(N,)`` (turbo colormap: red high, blue low), each labelled with its rank and score;
+    ``gt_boxes`` ``(M, 4)``, if given, drawn first in thin white. Returns a new ``(H, W, 3)`` image."""
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(scores):
+        raise ValueError(f"expected boxes (N, 4) and scores (N,), got {boxes.shape} and {scores.shape}")
+    canvas = image.copy()
+    for x1, y1, x2, y2 in (gt_boxes if gt_boxes is not None else np.zeros((0, 4))).round().astype(int):
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 255, 255), 1, cv2.LINE_AA)
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    colors = cv2.applyColorMap(np.clip(scores[order] * 255, 0, 255).astype(np.uint8)[:, None], cv2.COLORMAP_TURBO)
+    for rank in reversed(range(len(order))):  # the best box is drawn last, on top
+        x1, y1, x2, y2 = boxes[order[rank]].round().astype(int)
+        color = tuple(int(c) for c in colors[rank, 0])
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, 2, cv2.LINE_AA)
+        cv2.putText(canvas, f"{rank + 1}:{scores[order[rank]]:.2f}", (x1 + 2, max(y1 - 3, 10)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA)
+    return canvas
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -408,7 +408,7 @@ def load_pretrained(
     return load_state_dict_from(model, read_checkpoint(path), str(path), bias_resize, verbose, progress)
 
 
-def _save_atomically(dst: Path, write: Callable[[str], None]) -> None:
+def save_atomically(dst: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file next to ``dst`` and rename it over ``dst``: readers see the
     old file or the whole new one, and a failure leaves nothing half-written behind."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -422,6 +422,9 @@ def _save_atomically(dst: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_save_atomically = save_atomically  # the name the converters import
 
 
 def convert_file(

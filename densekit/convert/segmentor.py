@@ -58,6 +58,7 @@ class SegmentorReport:
         missing: ``(model key, why)`` for model keys left at their initialisation.
         loaded: tensors copied into the model.
         dataset_meta: class names / palette found in the checkpoint (mmseg ``meta``, HF ``id2label``).
+        kind: ``'segmentor'``, or ``'RPN'`` for ``densekit.convert.detector``.
     """
 
     source: str = ""
@@ -70,10 +71,11 @@ class SegmentorReport:
     missing: list[tuple[str, str]] = field(default_factory=list)
     loaded: int = 0
     dataset_meta: dict = field(default_factory=dict)
+    kind: str = "segmentor"
 
     def summary(self, limit: int = 3) -> str:
         """A few lines: counts, and per reason the first ``limit`` keys."""
-        lines = [f"densekit: loaded {self.loaded} tensors ({self.layout} segmentor, {self.backbone_layout} backbone)"
+        lines = [f"densekit: loaded {self.loaded} tensors ({self.layout} {self.kind}, {self.backbone_layout} backbone)"
                  + (f" from {self.source}" if self.source else "") + f", {self.renamed} renamed"]
         if self.permuted:
             lines.append(f"  permuted {len(self.permuted)}: {', '.join(self.permuted[:limit])}")
@@ -254,6 +256,9 @@ def _hints(model: nn.Module, unexpected: list[str], missing: list[str], mismatch
                      "set out_norm=True in the config's backbone")
     if has_norms and any(key.startswith("backbone.out_norms.") for key in missing):
         hints.append("the checkpoint has no per-stage output norms: set out_norm=False in the config's backbone")
+    if any(".rpn_cls." in key or ".rpn_reg." in key for key in mismatched):
+        hints.append("the RPN head's anchors per location differ: set the anchor generator's scales and ratios "
+                     "to the checkpoint's (mmdet and torchvision: scales=[8], ratios=[0.5, 1.0, 2.0])")
     if any(".conv_seg." in key for key in mismatched):
         hints.append("the classifier (conv_seg) differs in size: set num_classes to the checkpoint's")
     if sum(key.startswith("backbone.") for key in unexpected + missing) > 4:
@@ -298,7 +303,7 @@ def fit_segmentor_state_dict(converted: StateDict, model: nn.Module, report: Seg
             named with both shapes and a hint where the cause is a known config mismatch.
     """
     target = model.state_dict()
-    has_aux = model.auxiliary_head is not None
+    has_aux = getattr(model, "auxiliary_head", None) is not None  # an RPN has none
     ckpt_aux = any(key.startswith("auxiliary_head.") for key in converted)
     out: StateDict = {}
     unexpected: list[str] = []
@@ -369,12 +374,25 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
     return report
 
 
+def load_model_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "",
+                          bias_resize: str = "bicubic") -> SegmentorReport:
+    """A whole-model checkpoint into any densekit model: an ``RPN`` through ``convert.detector``, a segmentor
+    (UPerNet, Swin-Unet) through ``load_segmentor_checkpoint``. Arguments and errors as theirs."""
+    from ..models.rpn import RPN
+
+    if isinstance(model, RPN):
+        from .detector import load_detector_checkpoint
+
+        return load_detector_checkpoint(model, checkpoint, source, bias_resize)
+    return load_segmentor_checkpoint(model, checkpoint, source, bias_resize)
+
+
 def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, config, cfg_options: dict | None = None,
                            bias_resize: str = "bicubic") -> SegmentorReport:
-    """Convert a whole UPerNet checkpoint into a densekit segmentor checkpoint for ``config``.
+    """Convert a whole-model checkpoint (UPerNet, Swin-Unet or RPN) into a densekit checkpoint for ``config``.
 
     The model is built as ``densekit.apis.init_model`` builds it (backbone ``pretrained=None``) and
-    loaded with ``load_segmentor_checkpoint``. ``dst`` gets ``{'meta': {...}, 'state_dict': ...}``
+    loaded with ``load_model_checkpoint``. ``dst`` gets ``{'meta': {...}, 'state_dict': ...}``
     (``torch.save``) or, ending in ``.safetensors``, the state dict with the meta as JSON under
     ``densekit_meta``; written atomically. ``meta['dataset_meta']`` keeps the source's class names.
 
@@ -391,7 +409,7 @@ def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, confi
     state_dict, meta = read_segmentor_checkpoint(src)  # a bad file fails before a model is built
     cfg = load_config(config, cfg_options)
     model = build_model(cfg, pretrained=False)
-    report = load_segmentor_checkpoint(model, {"state_dict": state_dict}, str(src), bias_resize)
+    report = load_model_checkpoint(model, {"state_dict": state_dict}, str(src), bias_resize)
     report.dataset_meta = meta
     out_meta = {"densekit_version": densekit.__version__, "source": str(src), "layout": report.layout,
                 "config": str(cfg.filename or "")}
@@ -413,5 +431,6 @@ def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, confi
 
 __all__ = [
     "SEGMENTOR_LAYOUTS", "SegmentorReport", "convert_segmentor_file", "convert_segmentor_state_dict",
-    "detect_segmentor_layout", "fit_segmentor_state_dict", "load_segmentor_checkpoint", "read_segmentor_checkpoint",
+    "detect_segmentor_layout", "fit_segmentor_state_dict", "load_model_checkpoint", "load_segmentor_checkpoint",
+    "read_segmentor_checkpoint",
 ]
