@@ -1,0 +1,108 @@
+"""Benchmark suite ``swin_unet_volume``: Swin-Unet inference over a volume, densekit's batched
+``infer_volume`` against the official Swin-Unet test loop.
+
+The peer is ``test_single_volume`` of the official repository (HuCaoFighting/Swin-Unet ``utils.py``), re-written
+here on the same model: slice by slice, ``scipy.ndimage.zoom(order=3)`` of each slice to the model's input
+size, one forward per slice, argmax, ``zoom(order=0)`` of the labels back to the slice size. densekit runs
+batches of slices, resizes on the torch side (bicubic in, bilinear on the logits out) and argmaxes once per
+batch. Both use one model with identical weights; agreement is the fraction of voxels with the same label.
+Registered in ``densekit.benchmark`` on import (``tools/benchmark.py`` imports it).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import zoom
+from torch import nn
+
+from .benchmark import BenchConfig, SuiteResult, _ms, compare, register_suite, results_table
+from .medical_inference import infer_volume
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "swin_unet_t_synapse.py"
+INPUT_SIZE = (224, 224)
+
+
+def official_volume_loop(model: nn.Module, volume: np.ndarray, patch_size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """Labels ``(D, H, W)`` of ``volume`` ``(D, H, W)`` exactly as the official ``test_single_volume`` computes
+    them (its ``zoom`` orders and per-slice batch of one), on the CPU."""
+    prediction = np.zeros_like(volume, dtype=np.uint8)
+    with torch.no_grad():
+        for index in range(volume.shape[0]):
+            slice_ = volume[index]
+            x, y = slice_.shape
+            if (x, y) != tuple(patch_size):
+                slice_ = zoom(slice_, (patch_size[0] / x, patch_size[1] / y), order=3)
+            logits = model(torch.from_numpy(slice_).unsqueeze(0).unsqueeze(0).float(), mode="tensor")
+            out = torch.argmax(torch.softmax(logits, dim=1), dim=1).squeeze(0).numpy()
+            prediction[index] = zoom(out, (x / patch_size[0], y / patch_size[1]), order=0) if (x, y) != tuple(
+                patch_size) else out
+    return prediction
+
+
+def synthetic_volume(depth: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth ``(D, H, W)`` float32 volume in [0, 1]: a few ellipsoids of different brightness over a
+    gradient, with mild noise (a stand-in for a windowed CT)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(np.linspace(-1, 1, depth), np.linspace(-1, 1, height), np.linspace(-1, 1, width),
+                             indexing="ij", sparse=True)
+    volume = 0.2 + 0.1 * (yy + 1) + 0 * zz + 0 * xx
+    for _ in range(5):
+        centre, radius = rng.uniform(-0.5, 0.5, 3), rng.uniform(0.15, 0.4, 3)
+        inside = ((zz - centre[0]) / radius[0]) ** 2 + ((yy - centre[1]) / radius[1]) ** 2 + (
+            (xx - centre[2]) / radius[2]) ** 2 < 1
+        volume = np.where(inside, rng.uniform(0.4, 0.9), volume)
+    volume = volume + rng.normal(0, 0.02, (depth, height, width))
+    return np.clip(volume, 0, 1).astype(np.float32)
+
+
+def build_swin_unet(seed: int = 0) -> nn.Module:
+    """The Swin-Unet of ``configs/swin_unet_t_synapse.py`` with seeded random weights, in eval mode."""
+    from .apis import build_model, load_config
+
+    torch.manual_seed(seed)
+    return build_model(load_config(str(CONFIG)), pretrained=False).eval()
+
+
+@register_suite
+def swin_unet_volume(config: BenchConfig) -> SuiteResult:
+    """Volume inference (``--batch`` = slices, default 100 here when 1 is given; ``--size`` = slice size)."""
+    depth = config.batch if config.batch > 1 else 100
+    h, w = config.size
+    model = build_swin_unet(config.seed)
+    volume = synthetic_volume(depth, h, w, config.seed)
+
+    def densekit_case(dtype: torch.dtype | None) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+            with autocast:
+                return infer_volume(model, volume, batch_size=16, input_size=INPUT_SIZE, progress=False)
+
+        return run
+
+    cases = {"official loop (zoom)": lambda: official_volume_loop(model, volume),
+             "densekit": densekit_case(None), "densekit bf16": densekit_case(torch.bfloat16)}
+    reference = cases["official loop (zoom)"]()
+    agreement = {name: float((fn() == reference).mean()) for name, fn in cases.items()}
+    stats = compare(cases, max(0, config.warmup - 1), config.runs, "cpu")
+    table = results_table(stats, "official loop (zoom)", {n: [f"{100 * a:.2f}%"] for n, a in agreement.items()},
+                          ["voxels with the official loop's label"])
+    title = f"Swin-Unet volume inference, {depth} slices of {h}x{w}, model input 224x224, cpu"
+    ratio = stats["densekit"].median / stats["official loop (zoom)"].median
+    markdown = f"""
+What: `densekit.medical_inference.infer_volume(model, volume, batch_size=16)` (batches of 16 slices, torch
+bicubic resize to 224x224, bilinear resize of the logits back, one argmax per batch; fp32, and under
+`torch.autocast('cpu', dtype=torch.bfloat16)`) against the official Swin-Unet `test_single_volume` loop
+(`scipy.ndimage.zoom(order=3)` per slice, a forward per slice, `zoom(order=0)` of the labels), on the same
+Swin-Unet (`configs/swin_unet_t_synapse.py`, seeded random weights) and a synthetic smooth volume. Median and
+min over {config.runs} interleaved rounds; ratio = median / the official loop's median.
+
+{table}
+
+densekit / official loop (median, fp32): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
+{_ms(stats['official loop (zoom)'].median)} ms).
+"""
+    return SuiteResult("swin_unet_volume", title, stats, markdown, extra={"agreement": agreement})
