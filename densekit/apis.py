@@ -14,11 +14,16 @@ from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exp
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import init_default_scope
 
+from .config_check import check_config
 from .registry import MODELS, TRANSFORMS
 
 
 def load_config(config: str | Config, cfg_options: dict | None = None) -> Config:
-    """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file."""
+    """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file.
+
+    Misspelt keys (``model.decode_haed``, ``train_dataloader.batch_sise``, ``param_schedular``) raise
+    ``densekit.config_check.ConfigError`` naming the key and the nearest valid one.
+    """
     if isinstance(config, Config):
         cfg = config
     else:
@@ -28,6 +33,7 @@ def load_config(config: str | Config, cfg_options: dict | None = None) -> Config
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.setdefault("default_scope", "densekit")
+    check_config(cfg)
     return cfg
 
 
