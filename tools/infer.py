@@ -53,8 +53,10 @@ def main() -> None:
     parser.add_argument("--window", choices=["auto", "ct", "mr", "none"], default="auto",
                         help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
     args = parser.parse_args()
-    model = init_model(args.config, args.checkpoint, device=args.device)
+    model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load)
     if any(is_volume_file(p) or (Path(p).is_dir() and not _has_images(Path(p))) for p in args.images):
         window = None if args.window == "none" else args.window
         for path in segment_volume_files(model, args.images, args.out_dir, window, args.batch_size):
