@@ -4,8 +4,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,16 @@ from mmengine.config import Config, DictAction  # noqa: F401  (DictAction re-exp
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.registry import init_default_scope
 
+from .config_check import check_config
 from .registry import MODELS, TRANSFORMS
 
 
 def load_config(config: str | Config, cfg_options: dict | None = None) -> Config:
-    """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file."""
+    """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file.
+
+    Misspelt keys (``model.decode_haed``, ``train_dataloader.batch_sise``, ``param_schedular``) raise
+    ``densekit.config_check.ConfigError`` naming the key and the nearest valid one.
+    """
     if isinstance(config, Config):
         cfg = config
     else:
@@ -28,24 +35,62 @@ def load_config(config: str | Config, cfg_options: dict | None = None) -> Config
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     cfg.setdefault("default_scope", "densekit")
+    check_config(cfg)
     return cfg
 
 
-def safe_loading():
-    """Context in which mmengine's ``torch.load`` (resume, load_from) accepts the metadata types that
-    mmengine and densekit write (``HistoryBuffer``, numpy scalars) while staying ``weights_only``."""
-    from .convert import checkpoint_safe_globals
+@contextlib.contextmanager
+def safe_loading(unsafe_load: bool = False, source: str = "the checkpoint"):
+    """Context for mmengine's own ``torch.load`` (resume, ``load_from``).
 
-    return checkpoint_safe_globals()
+    By default every ``torch.load`` inside is ``weights_only`` (whatever the environment says) and
+    accepts, besides tensors, only the metadata types mmengine and densekit write (``HistoryBuffer``,
+    numpy scalars); a refused file raises ``CheckpointError`` naming ``source``, the offending types and
+    the opt-in. ``unsafe_load=True`` (``--unsafe-load``) unpickles fully, for files you trust.
+    """
+    from .convert import CheckpointError, checkpoint_safe_globals, is_refusal, refused_message
+
+    # mmengine calls torch.load without weights_only, so torch's own switch decides; it reads these
+    # variables at each call. Scoped and restored, so nothing outlives the run.
+    force = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"} if unsafe_load else {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
+    saved = {name: os.environ.pop(name, None) for name in _TORCH_LOAD_SWITCHES}
+    os.environ.update(force)
+    try:
+        with checkpoint_safe_globals():
+            yield
+    except pickle.UnpicklingError as error:
+        if not is_refusal(error):
+            raise
+        raise CheckpointError(refused_message(source, error)) from error
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+_TORCH_LOAD_SWITCHES = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+
+
+def _checkpoint_source(cfg: Config) -> str:
+    if cfg.get("load_from"):
+        return str(cfg.load_from)
+    return f"the latest checkpoint in {cfg.work_dir}" if cfg.get("resume") else "the checkpoint"
 
 
 def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
                  launcher: str = "none"):
-    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied."""
+    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` added
+    to ``custom_hooks`` (unless the config lists it already)."""
     from mmengine.runner import Runner
 
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
     cfg.launcher = launcher
+    hooks = list(cfg.get("custom_hooks") or [])
+    names = [str(h.get("type", "")) if isinstance(h, dict) else type(h).__name__ for h in hooks]
+    if not any(name.split(".")[-1] == "NonFiniteLossHook" for name in names):
+        # Every run stops at the first NaN/Inf loss before a checkpoint of the broken state is written.
+        cfg.custom_hooks = [*hooks, dict(type="NonFiniteLossHook")]
     if resume:
         cfg.resume = True
     if amp:
@@ -57,23 +102,27 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
 
 
 def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-          launcher: str = "none"):
-    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics)."""
+          launcher: str = "none", unsafe_load: bool = False):
+    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics).
+
+    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``).
+    """
     runner = build_runner(cfg, work_dir, resume, amp, launcher)
-    with safe_loading():
+    with safe_loading(unsafe_load, _checkpoint_source(cfg)):
         runner.train()
     return runner
 
 
 def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = False,
-         launcher: str = "none") -> dict:
-    """Evaluate ``checkpoint`` on the config's test set; ``tta`` turns on flip + multi-scale inference."""
+         launcher: str = "none", unsafe_load: bool = False) -> dict:
+    """Evaluate ``checkpoint`` on the config's test set; ``tta`` turns on flip + multi-scale inference.
+    ``checkpoint`` loads ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``)."""
     cfg.load_from = checkpoint
     if tta:
         cfg.model.test_cfg = dict(cfg.model.get("test_cfg", {}),
                                   tta=dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True))
     runner = build_runner(cfg, work_dir, launcher=launcher)
-    with safe_loading():
+    with safe_loading(unsafe_load, checkpoint):
         return runner.test()
 
 
@@ -88,7 +137,7 @@ def build_model(cfg: Config, pretrained: bool = True) -> torch.nn.Module:
 
 
 def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
-               cfg_options: dict | None = None) -> torch.nn.Module:
+               cfg_options: dict | None = None, unsafe_load: bool = False) -> torch.nn.Module:
     """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode.
 
     ``checkpoint`` may be a densekit/mmengine checkpoint, a whole mmsegmentation or HuggingFace UperNet
@@ -96,7 +145,8 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     torchvision Faster R-CNN checkpoint (``densekit.convert.detector``); keys that do not fit raise
     ``CheckpointError``. The model keeps the config as ``model.cfg``, class names / palette as
     ``model.dataset_meta`` (from the checkpoint, else the config's test dataset) and the
-    ``SegmentorReport`` as ``model.load_report``.
+    ``SegmentorReport`` as ``model.load_report``. A ``.pth`` holding anything but tensors and mmengine's
+    metadata is refused (``CheckpointError`` naming the types) unless ``unsafe_load=True``.
     """
     cfg = load_config(config, cfg_options)
     model = build_model(cfg, pretrained=checkpoint is None)
@@ -107,7 +157,7 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
 
         from .convert.segmentor import load_model_checkpoint
 
-        report = load_model_checkpoint(model, checkpoint)
+        report = load_model_checkpoint(model, checkpoint, unsafe_load=unsafe_load)
         print_log(report.summary(), logger="current")
         meta, model.load_report = report.dataset_meta, report
     model.cfg = cfg

@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window-size", type=int, help="window of the new model (bias tables are resized)")
     parser.add_argument("--in-chans", type=int, help="input channels of the new model (patch kernel adapted)")
     parser.add_argument("--bias-resize", choices=BIAS_RESIZE, default="bicubic", help="bias-table interpolation")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
     parser.add_argument("--verify", action="store_true", help=f"compare with timm's Swin (tolerance {TOLERANCE:g})")
     args = parser.parse_args(argv)
     backbone_only = [f"--{name.replace('_', '-')}" for name in ("window_size", "in_chans", "verify")
@@ -68,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.config:
-            report = convert_segmentor_file(args.src, args.dst, args.config, args.cfg_options, args.bias_resize)
+            report = convert_segmentor_file(args.src, args.dst, args.config, args.cfg_options, args.bias_resize,
+                                            unsafe_load=args.unsafe_load)
         else:
-            report = convert_file(args.src, args.dst, args.model, args.window_size, args.in_chans, args.bias_resize)
+            report = convert_file(args.src, args.dst, args.model, args.window_size, args.in_chans, args.bias_resize,
+                                  unsafe_load=args.unsafe_load)
     except (FileNotFoundError, CheckpointError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -72,8 +72,10 @@ def main() -> None:
                         help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
     parser.add_argument("--top-k", type=int, default=20, help="RPN configs: proposals drawn per image")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
     args = parser.parse_args()
-    model = init_model(args.config, args.checkpoint, device=args.device)
+    model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load)
     if model.cfg.model.get("type") == "RPN":
         propose(model, list_images(args.images), Path(args.out_dir), args.top_k)
         return

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--protocol", choices=["densekit", "swin-unet"],
                         help="medical configs: 'swin-unet' reproduces the official table (HD95 in voxels)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -46,7 +48,8 @@ def main() -> None:
     elif args.out_dir:
         hook = "DetProposalHook" if cfg.model.get("type") == "RPN" else "SegOverlayHook"
         cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type=hook, out_dir=args.out_dir)]
-    metrics = test(cfg, args.checkpoint, work_dir=args.work_dir, tta=args.tta, launcher=args.launcher)
+    metrics = test(cfg, args.checkpoint, work_dir=args.work_dir, tta=args.tta, launcher=args.launcher,
+                   unsafe_load=args.unsafe_load)
     print({k: round(float(v), 4) for k, v in metrics.items()})
 
 

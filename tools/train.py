@@ -21,12 +21,15 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     parser.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, GPU)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
-    train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher)
+    train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher,
+          unsafe_load=args.unsafe_load)
 
 
 if __name__ == "__main__":

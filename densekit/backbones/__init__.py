@@ -7,7 +7,7 @@ from torch import nn
 
 from ..registry import get_backbone_builder, list_backbones
 from . import swin  # noqa: F401  (registers swin_t/s/b/l)
-from .base import Backbone
+from .base import Backbone, local_checkpoint
 from .swin import SwinTransformer
 
 
@@ -23,6 +23,7 @@ def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Mo
         A ``Backbone`` whose ``forward`` maps ``(B, C, H, W)`` to NCHW maps with ``out_channels``
         and ``strides``.
     """
+    pretrained = local_checkpoint(pretrained, name)  # pretrained=True fails here, naming the file to fetch
     builder = get_backbone_builder(name)
     if builder is not None:
         return builder(pretrained=pretrained, **kwargs)

@@ -6,8 +6,45 @@ and heads can check themselves at construction (timm ``feature_info``, detectron
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+# densekit presets -> the timm model whose released weights they load (for naming the file to fetch).
+TIMM_WEIGHTS = {
+    "swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224", "swin_l": "swin_large_patch4_window7_224",
+}
+
+
+def _weights_hint(model_name: str) -> str:
+    """Where the released weights of ``model_name`` live, from timm's local table (no network)."""
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(TIMM_WEIGHTS.get(model_name, model_name))
+    except Exception:  # not a timm name, or an older timm without this helper
+        cfg = None
+    if cfg is None or not (cfg.url or cfg.hf_hub_id):
+        return "pretrained='/path/to/checkpoint.pth'"
+    name = os.path.basename(cfg.url) if cfg.url else "model.safetensors"
+    where = cfg.url or f"https://huggingface.co/{cfg.hf_hub_id}"
+    return f"pretrained='checkpoints/{name}' (download it yourself from {where})"
+
+
+def local_checkpoint(pretrained: object, model_name: str) -> str | None:
+    """``pretrained`` as a local path, or None for random init (None, False, "").
+
+    ``pretrained=True`` means "download the weights" in timm and torchvision; densekit never downloads
+    (no network at run time, no surprise files), so it fails here, naming the file to provide.
+    """
+    if pretrained is None or pretrained is False or pretrained == "":
+        return None
+    if isinstance(pretrained, (str, os.PathLike)):
+        return os.fspath(pretrained)
+    raise ValueError(f"{model_name}: pretrained={pretrained!r} asks for downloaded weights, but densekit never "
+                     f"downloads: pass the path of a local checkpoint file, e.g. {_weights_hint(model_name)}")
 
 
 class Backbone(nn.Module):

@@ -22,7 +22,7 @@ from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..layers.window_attention import WindowAttention
 from ..registry import register_backbone
-from .base import Backbone
+from .base import Backbone, local_checkpoint
 
 
 class SwinBlock(nn.Module):
@@ -235,6 +235,7 @@ class SwinTransformer(Backbone):
         self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices}) if out_norm else None
         self.apply(init_swin_weights)
 
+        pretrained = local_checkpoint(pretrained, type(self).__name__)
         if pretrained:
             from ..convert import load_pretrained
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from .base import Backbone, output_size
+from .base import Backbone, local_checkpoint, output_size
 
 # The four levels a dense head consumes; ResNet/RegNet also list a stride-2 stem, which is skipped.
 LEVEL_STRIDES = (4, 8, 16, 32)
@@ -80,6 +80,7 @@ class TimmBackbone(Backbone):
             raise ValueError(f"out_indices must be ascending, unique and within 0..3, got {out_indices}")
         if not -1 <= frozen_stages <= len(LEVEL_STRIDES):
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        pretrained = local_checkpoint(pretrained, model_name)  # never timm's pretrained=True (a hub download)
         if pretrained is not None and not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
         self.model_name = model_name

@@ -90,29 +90,50 @@ def checkpoint_safe_globals() -> contextlib.AbstractContextManager:
     return safe_globals(_numpy_globals() + _history_buffer_globals())
 
 
-def _refused_message(path: Path, error: Exception) -> str:
+UNSAFE_LOAD_HINT = ("only if you trust the file, pass --unsafe-load (unsafe_load=True) to unpickle it "
+                    "as it is, or re-save just its state dict")
+
+
+def refused_types(error: Exception) -> list[str]:
+    """The globals torch's weights-only unpickler refused, parsed from its message (``GLOBAL x.y ...``)."""
+    return list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", str(error))))
+
+
+def is_refusal(error: Exception) -> bool:
+    """Whether an ``UnpicklingError`` is torch's weights-only refusal (not a corrupt file)."""
+    text = str(error).lower()
+    return "weights only" in text or "weights_only" in text
+
+
+def refused_message(source: str, error: Exception, path: str | os.PathLike | None = None) -> str:
+    """What was refused, naming the file and the offending types, and the explicit opt-in."""
     unsafe: list[str] = []
-    with contextlib.suppress(Exception):
-        unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    found = f" (it pickles {', '.join(unsafe)})" if unsafe else ""
+    if path is not None:
+        with contextlib.suppress(Exception):  # a static scan of the pickle: runs nothing
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    types = unsafe or refused_types(error)
+    found = f"it pickles {', '.join(types)}" if types else "it pickles objects that are not tensors"
     # torch's message is a page long; its one informative line names the refused global.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = next((line for line in lines if "WeightsUnpickler error" in line), lines[-1] if lines else "")
     return (
-        f"could not load checkpoint {path} with torch.load(weights_only=True){found}: densekit never "
-        "unpickles arbitrary objects. mmengine checkpoints with non-tensor metadata may need "
-        "torch.serialization.add_safe_globals([...]) for those types, if you trust the file; or re-save "
-        f"only its state dict. torch said: {cause}"
+        f"refused to load checkpoint {source}: {found}, which torch.load(weights_only=True) does not allow; "
+        "unpickling arbitrary objects can run any code the file chooses, so densekit only loads tensors, "
+        f"containers and the metadata types mmengine writes. {UNSAFE_LOAD_HINT}. torch said: {cause}"
     )
 
 
-def _read_torch(path: Path) -> Mapping:
+def _read_torch(path: Path, unsafe_load: bool = False) -> Mapping:
     try:
-        with checkpoint_safe_globals():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if unsafe_load:
+            _log(f"unpickling {path} with weights_only=False (--unsafe-load): it may run code", logging.WARNING)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with checkpoint_safe_globals():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
-            raise CheckpointError(_refused_message(path, error)) from error
+        if is_refusal(error):
+            raise CheckpointError(refused_message(str(path), error, path)) from error
         raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
@@ -121,12 +142,14 @@ def _read_torch(path: Path) -> Mapping:
     return obj
 
 
-def read_checkpoint(path: str | os.PathLike) -> Mapping:
+def read_checkpoint(path: str | os.PathLike, unsafe_load: bool = False) -> Mapping:
     """Read a checkpoint file into whatever dict it holds (nothing is unwrapped yet).
 
     ``.safetensors`` is read with safetensors; ``.pth``, ``.pt``, ``.bin`` and ``.ckpt`` with
     ``torch.load(map_location='cpu', weights_only=True)`` plus a small allow-list (numpy scalars,
     arrays and dtypes; mmengine's ``HistoryBuffer``), so mmengine Runner checkpoints load as they are.
+    Anything else is refused, naming the offending types; ``unsafe_load=True`` (``--unsafe-load``) is
+    the explicit opt-in to full unpickling, for files you trust.
 
     Raises:
         FileNotFoundError: no such file.
@@ -145,7 +168,7 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
         except Exception as error:  # safetensors raises its own SafetensorError, not importable by name
             raise CheckpointError(f"could not read safetensors checkpoint {path}: {error}") from error
     if suffix in TORCH_SUFFIXES:
-        return _read_torch(path)
+        return _read_torch(path, unsafe_load)
     raise CheckpointError(
         f"checkpoint {path}: unknown extension {suffix!r}; use .safetensors or {', '.join(TORCH_SUFFIXES)}"
     )
@@ -434,6 +457,7 @@ def convert_file(
     window_size: int | None = None,
     in_chans: int | None = None,
     bias_resize: str = "bicubic",
+    unsafe_load: bool = False,
 ) -> LoadReport:
     """Convert ``src`` (any layout) into a densekit checkpoint for ``create_backbone(model_name, ...)``.
 
@@ -441,12 +465,12 @@ def convert_file(
     mmengine-style ``{'meta': {...}, 'state_dict': ...}`` written with ``torch.save``.
 
     Returns:
-        The ``LoadReport`` of loading ``src`` into the new model.
+        The ``LoadReport`` of loading ``src`` into the new model (``unsafe_load``: see ``read_checkpoint``).
     """
     import densekit
     from densekit.backbones import create_backbone
 
-    checkpoint = read_checkpoint(src)  # a bad file fails before a model is built
+    checkpoint = read_checkpoint(src, unsafe_load)  # a bad file fails before a model is built
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
     model = create_backbone(model_name, **options)
     report = load_state_dict_from(model, checkpoint, str(src), bias_resize, verbose=False)
@@ -469,5 +493,5 @@ def convert_file(
 __all__ = [
     "BIAS_RESIZE", "LAYOUTS", "CheckpointError", "LoadReport", "adapt_state_dict", "checkpoint_safe_globals",
     "convert_file", "convert_swin", "densekit_to_mmseg", "densekit_to_official", "detect_layout", "load_pretrained",
-    "load_state_dict_from", "read_checkpoint", "unwrap",
+    "load_state_dict_from", "read_checkpoint", "refused_message", "unwrap",
 ]

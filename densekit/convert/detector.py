@@ -118,7 +118,7 @@ def convert_detector_state_dict(state_dict: Mapping[str, torch.Tensor], model: n
 
 
 def load_detector_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "",
-                             bias_resize: str = "bicubic") -> SegmentorReport:
+                             bias_resize: str = "bicubic", unsafe_load: bool = False) -> SegmentorReport:
     """Load a whole RPN checkpoint (mmdet, torchvision Faster R-CNN or densekit layout) into ``model``, strictly.
 
     Args:
@@ -126,6 +126,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | M
         checkpoint: a file path, or a checkpoint already in memory.
         source: where it came from, for messages (defaults to the path).
         bias_resize: for Swin bias tables of another window.
+        unsafe_load: unpickle a ``.pth`` fully (``weights_only=False``); only for files you trust.
 
     Returns:
         The report (``kind='RPN'``), with ``dataset_meta`` from the checkpoint if any.
@@ -140,7 +141,7 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | M
         state_dict, meta = _unwrap(checkpoint), _dataset_meta(checkpoint.get("meta"))
     else:
         source = source or str(checkpoint)
-        state_dict, meta = read_segmentor_checkpoint(checkpoint)
+        state_dict, meta = read_segmentor_checkpoint(checkpoint, unsafe_load)
     try:
         converted, report = convert_detector_state_dict(state_dict, model)
         weights = fit_segmentor_state_dict(converted, model, report, bias_resize)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +130,7 @@ def _unwrap(obj: Mapping) -> StateDict:
     return tensors
 
 
-def read_segmentor_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict]:
+def read_segmentor_checkpoint(path: str | os.PathLike, unsafe_load: bool = False) -> tuple[StateDict, dict]:
     """Read a whole-segmentor checkpoint file (or HF folder) into ``(state dict, dataset_meta)``.
 
     densekit ``.safetensors`` files keep their meta as JSON under the ``densekit_meta`` metadata key.
@@ -142,7 +142,7 @@ def read_segmentor_checkpoint(path: str | os.PathLike) -> tuple[StateDict, dict]
     meta: dict = {}
     if path.is_dir():
         path, meta = _hf_folder(path)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, unsafe_load)
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -247,9 +247,37 @@ def convert_segmentor_state_dict(state_dict: Mapping[str, torch.Tensor], model: 
 
 
 # ------------------------------------------------------------------------------------- fit and load
+# Keys only one model family has: (family, its densekit class, key prefix).
+_FAMILIES = (
+    ("Swin-Unet", "SwinUnet", "decode_head.expand."),
+    ("RPN", "RPN", "rpn_head."),
+    ("UPerNet", "EncoderDecoder", "decode_head.psp_modules."),
+)
+
+
+def architecture(keys: Iterable[str]) -> tuple[str, str] | None:
+    """``(family, densekit class)`` a state dict's keys belong to, e.g. ``('Swin-Unet', 'SwinUnet')``."""
+    keys = list(keys)
+    for family, cls, prefix in _FAMILIES:
+        if any(key.startswith(prefix) for key in keys):
+            return family, cls
+    return None
+
+
+def _architecture_hint(model: nn.Module, checkpoint_keys: Iterable[str]) -> str | None:
+    found = architecture(checkpoint_keys)
+    if found is None or found[1] == type(model).__name__:
+        return None
+    return (f"this is a {found[0]} checkpoint ({found[1]}) but the config builds {type(model).__name__}: "
+            f"use a {found[0]} config (configs/*.py) or a checkpoint of this model")
+
+
 def _hints(model: nn.Module, unexpected: list[str], missing: list[str], mismatched: list[str]) -> list[str]:
     """Known config mismatches behind a misfit, and their fix."""
     hints = []
+    family = _architecture_hint(model, [key.split(" ")[0] for key in unexpected])
+    if family:
+        return [family]  # the other hints would only be symptoms of it
     has_norms = getattr(model.backbone, "out_norms", None) is not None
     if not has_norms and any(key.startswith("backbone.out_norms.") for key in unexpected):
         hints.append("the checkpoint normalises every backbone output (HF hidden_states_norms, mmseg norm0..3): "
@@ -336,7 +364,7 @@ def fit_segmentor_state_dict(converted: StateDict, model: nn.Module, report: Seg
 
 
 def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "",
-                              bias_resize: str = "bicubic") -> SegmentorReport:
+                              bias_resize: str = "bicubic", unsafe_load: bool = False) -> SegmentorReport:
     """Load a whole UPerNet checkpoint in any supported layout into a densekit ``EncoderDecoder``, strictly.
 
     Args:
@@ -344,6 +372,7 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
         checkpoint: a path (file or HF folder), or a checkpoint already in memory.
         source: where it came from, for messages (defaults to the path).
         bias_resize: ``'bicubic'`` or ``'geometric'`` for Swin bias tables of another window.
+        unsafe_load: unpickle a ``.pth`` fully (``weights_only=False``); only for files you trust.
 
     Returns:
         The ``SegmentorReport`` (with ``dataset_meta`` from the checkpoint, if any).
@@ -356,7 +385,7 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
         state_dict, meta = _unwrap(checkpoint), _dataset_meta(checkpoint.get("meta"))
     else:
         source = source or str(checkpoint)
-        state_dict, meta = read_segmentor_checkpoint(checkpoint)
+        state_dict, meta = read_segmentor_checkpoint(checkpoint, unsafe_load)
     from .swin_unet import detect_swin_unet_layout, load_swin_unet_checkpoint, strip_prefixes
 
     if detect_swin_unet_layout(strip_prefixes(state_dict)) == "official":
@@ -375,7 +404,7 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
 
 
 def load_model_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "",
-                          bias_resize: str = "bicubic") -> SegmentorReport:
+                          bias_resize: str = "bicubic", unsafe_load: bool = False) -> SegmentorReport:
     """A whole-model checkpoint into any densekit model: an ``RPN`` through ``convert.detector``, a segmentor
     (UPerNet, Swin-Unet) through ``load_segmentor_checkpoint``. Arguments and errors as theirs."""
     from ..models.rpn import RPN
@@ -383,12 +412,12 @@ def load_model_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
     if isinstance(model, RPN):
         from .detector import load_detector_checkpoint
 
-        return load_detector_checkpoint(model, checkpoint, source, bias_resize)
-    return load_segmentor_checkpoint(model, checkpoint, source, bias_resize)
+        return load_detector_checkpoint(model, checkpoint, source, bias_resize, unsafe_load)
+    return load_segmentor_checkpoint(model, checkpoint, source, bias_resize, unsafe_load)
 
 
 def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, config, cfg_options: dict | None = None,
-                           bias_resize: str = "bicubic") -> SegmentorReport:
+                           bias_resize: str = "bicubic", unsafe_load: bool = False) -> SegmentorReport:
     """Convert a whole-model checkpoint (UPerNet, Swin-Unet or RPN) into a densekit checkpoint for ``config``.
 
     The model is built as ``densekit.apis.init_model`` builds it (backbone ``pretrained=None``) and
@@ -406,7 +435,7 @@ def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, confi
     import densekit
     from densekit.apis import build_model, load_config
 
-    state_dict, meta = read_segmentor_checkpoint(src)  # a bad file fails before a model is built
+    state_dict, meta = read_segmentor_checkpoint(src, unsafe_load)  # a bad file fails before a model is built
     cfg = load_config(config, cfg_options)
     model = build_model(cfg, pretrained=False)
     report = load_model_checkpoint(model, {"state_dict": state_dict}, str(src), bias_resize)

@@ -82,8 +82,10 @@ class ADE20KDataset(SegDataset):
                  indices: int | Sequence[int] | None = None,
                  serialize_data: bool = True,
                  lazy_init: bool = False,
-                 max_refetch: int = 1000) -> None:
+                 max_refetch: int = 1000,
+                 on_bad_sample: str = "raise") -> None:
         super().__init__(data_root=data_root, img_dir=img_dir, ann_dir=ann_dir, img_suffix=".jpg",
                          seg_map_suffix=".png", reduce_zero_label=True, split=split, pipeline=pipeline,
                          data_prefix=data_prefix, test_mode=test_mode, indices=indices,
-                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch)
+                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch,
+                         on_bad_sample=on_bad_sample)

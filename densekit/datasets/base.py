@@ -9,7 +9,10 @@ turns into ``{'inputs': uint8 (3, H, W), 'data_samples': SegDataSample}``.
 
 Unlike mmseg, a missing folder, an image without a mask, an empty folder or a split file naming a
 missing image fail at construction with a message that says what was looked for and where, instead
-of failing later inside a dataloader worker.
+of failing later inside a dataloader worker. Samples that fail to load (truncated or 16-bit image,
+image and mask of different sizes, label values >= the number of classes) raise ``BadSampleError``
+naming the dataset, index and file; ``on_bad_sample='skip'`` skips them instead (and missing files at
+construction), counted in ``dataset.skipped`` (see ``densekit.datasets.bad_samples``).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import numpy as np
 from mmengine.dataset import BaseDataset
 
 from ..registry import DATASETS, TRANSFORMS
+from .bad_samples import BadSampleMixin
 
 
 def default_palette(num_classes: int) -> list[list[int]]:
@@ -49,7 +53,7 @@ def _list_files(folder: str, suffix: str) -> list[str]:
 
 
 @DATASETS.register_module(name=["SegDataset", "BaseSegDataset"])
-class SegDataset(BaseDataset):
+class SegDataset(BadSampleMixin, BaseDataset):
     """Images and label masks in two folders, paired by basename.
 
     Args:
@@ -69,6 +73,9 @@ class SegDataset(BaseDataset):
         metainfo: mmseg-style ``dict(classes=..., palette=...)``; ``classes``/``palette`` win.
         data_prefix: mmseg-style ``dict(img_path=..., seg_map_path=...)``; overrides the folders.
         ann_file: mmseg's name for ``split``.
+        on_bad_sample: ``'raise'`` (default) or ``'skip'``: a sample that cannot be used (missing,
+            unreadable, mismatched, out-of-range labels) is replaced by a random other one (at most
+            ``max_refetch`` tries), warned about and recorded in ``self.skipped`` (path -> reason).
         test_mode, indices, serialize_data, lazy_init, max_refetch: as in ``mmengine.dataset.BaseDataset``.
 
     ``metainfo`` has ``classes``, ``palette``, ``reduce_zero_label`` and ``ignore_index``. Subclasses
@@ -97,7 +104,9 @@ class SegDataset(BaseDataset):
                  indices: int | Sequence[int] | None = None,
                  serialize_data: bool = True,
                  lazy_init: bool = False,
-                 max_refetch: int = 1000) -> None:
+                 max_refetch: int = 1000,
+                 on_bad_sample: str = "raise") -> None:
+        self._init_bad_samples(on_bad_sample)
         if data_prefix is not None:
             img_dir = data_prefix.get("img_path", img_dir)
             ann_dir = data_prefix.get("seg_map_path", ann_dir)
@@ -177,23 +186,35 @@ class SegDataset(BaseDataset):
             raise FileNotFoundError(f"{type(self).__name__} is empty: no image found for {where}. "
                                     + self._layout())
         data_list = []
+        num_classes = len(self._metainfo["classes"])
         for name in names:
             info = dict(img_path=osp.join(img_dir, name + self.img_suffix),
                         reduce_zero_label=self.reduce_zero_label, ignore_index=self.ignore_index,
-                        seg_fields=[])
+                        num_classes=num_classes, seg_fields=[])
             if ann_dir is not None:
                 info["seg_map_path"] = osp.join(ann_dir, name + self.seg_map_suffix)
                 if not osp.isfile(info["seg_map_path"]):
-                    raise FileNotFoundError(f"image {info['img_path']} has no mask: expected "
-                                            f"{info['seg_map_path']}. " + self._layout())
+                    self.bad_sample(info["img_path"], f"image {info['img_path']} has no mask: expected "
+                                    f"{info['seg_map_path']}. " + self._layout(), FileNotFoundError)
+                    continue
             data_list.append(info)
+        if not data_list:
+            raise FileNotFoundError(f"{type(self).__name__} is empty: all {len(names)} images were skipped "
+                                    f"({next(iter(self.skipped.values()))})")
         return data_list
 
     def _names_from_split(self, img_dir: str) -> list[str]:
         with open(self.ann_file, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip()]
+        found = []
         for name in names:
             path = osp.join(img_dir, name + self.img_suffix)
-            if not osp.isfile(path):
-                raise FileNotFoundError(f"split file {self.ann_file} lists {name!r} but {path} does not exist.")
-        return names
+            if osp.isfile(path):
+                found.append(name)
+            else:
+                self.bad_sample(path, f"split file {self.ann_file} lists {name!r} but {path} does not exist.",
+                                FileNotFoundError)
+        if names and not found:
+            raise FileNotFoundError(f"{type(self).__name__} is empty: none of the {len(names)} images that "
+                                    f"split file {self.ann_file} lists exists (first: {next(iter(self.skipped))})")
+        return found

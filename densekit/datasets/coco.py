@@ -25,11 +25,8 @@ from collections.abc import Callable, Sequence
 from mmengine.dataset import BaseDataset
 
 from ..registry import DATASETS
+from .bad_samples import DatasetWarning
 from .base import _build_pipeline
-
-
-class DatasetWarning(UserWarning):
-    """Annotations a dataset skipped (counted, with examples)."""
 
 
 def warn_skipped(dataset: str, what: str, examples: list[str], limit: int = 3) -> None:

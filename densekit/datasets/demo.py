@@ -258,10 +258,12 @@ class DemoDataset(SegDataset):
                  indices: int | Sequence[int] | None = None,
                  serialize_data: bool = True,
                  lazy_init: bool = False,
-                 max_refetch: int = 1000) -> None:
+                 max_refetch: int = 1000,
+                 on_bad_sample: str = "raise") -> None:
         if generate:
             make_demo_dataset(data_root, num_train=num_train, num_val=num_val, size=size, seed=seed)
         super().__init__(data_root=data_root, img_dir=img_dir, ann_dir=ann_dir, img_suffix=".jpg",
                          seg_map_suffix=".png", reduce_zero_label=True, pipeline=pipeline,
                          data_prefix=data_prefix, test_mode=test_mode, indices=indices,
-                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch)
+                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch,
+                         on_bad_sample=on_bad_sample)

@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from ..registry import TRANSFORMS
 from ..structures import SegDataSample
+from .bad_samples import BadSampleError
 
 # TransUNet / Swin-Unet preprocessing of abdominal CT: clip HU to [-125, 275], then scale to [0, 1].
 CT_WINDOW = (-125.0, 275.0)
@@ -86,14 +87,14 @@ def window_intensity(volume: np.ndarray, window: str | Sequence[float] | None = 
 
 
 def check_label_range(label: np.ndarray, num_classes: int, source: str) -> np.ndarray:
-    """``label`` as uint8 (int16 beyond 255 classes), or ``ValueError`` naming ``source`` and the values outside
-    ``{0, ..., num_classes - 1}`` (non-integer values included)."""
+    """``label`` as uint8 (int16 beyond 255 classes), or ``BadSampleError`` (a ``ValueError``) naming ``source``
+    and the values outside ``{0, ..., num_classes - 1}`` (non-integer values included)."""
     label = np.asarray(label)
     values = np.unique(label)
     bad = values[(values < 0) | (values >= num_classes) | (values != np.round(values))]
     if bad.size:
         shown = ", ".join(f"{v:g}" for v in bad[:20]) + (" ..." if bad.size > 20 else "")
-        raise ValueError(f"{source}: label values {{{shown}}} are outside the class range 0..{num_classes - 1} "
+        raise BadSampleError(f"{source}: label values {{{shown}}} are outside the class range 0..{num_classes - 1} "
                          f"({num_classes} classes); all values in the file: {[float(v) for v in values[:30]]}")
     return label.astype(np.uint8 if num_classes <= 256 else np.int16)
 

@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from ..registry import DATASETS
+from .bad_samples import BadSampleError
 from .medical_transforms import check_label_range, resolve_window, window_intensity
 from .synapse import MedicalSliceDataset
 
@@ -64,15 +65,24 @@ def load_nifti(path: str, channel: int | None = None, dtype: type | None = np.fl
     on the last axis) needs ``channel`` to pick one.
     """
     img = nib.load(path)
+    check_nifti_shape(path, img.shape, channel)
     array = np.asanyarray(img.dataobj)
     if array.ndim == 4:
-        if channel is None:
-            raise ValueError(f"{path} is 4-D {array.shape} (several channels); pass channel=i to pick one")
         array = array[..., channel]
-    elif array.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D volume, got shape {array.shape}")
     volume = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=dtype)
     return volume, nifti_spacing_dhw(img.header.get_zooms()[:3]), np.asarray(img.affine, np.float64)
+
+
+def check_nifti_shape(path: str, shape: Sequence[int], channel: int | None) -> None:
+    """``BadSampleError`` naming ``path`` unless ``shape`` is a 3-D volume, or 4-D with a valid ``channel``."""
+    if len(shape) == 4:
+        if channel is None:
+            raise BadSampleError(f"{path} is 4-D {tuple(shape)} (several channels); pass channel=i to pick one")
+        if not 0 <= channel < shape[3]:
+            raise BadSampleError(f"{path} has {shape[3]} channels {tuple(shape)}; channel={channel} is out of range")
+    elif len(shape) != 3:
+        raise BadSampleError(f"{path}: expected a 3-D volume (X, Y, Z), or 4-D with channels last, "
+                             f"got {len(shape)}-D shape {tuple(shape)}")
 
 
 def read_dataset_json(path: str) -> tuple[list[str] | None, list[tuple[str, str | None]]]:
@@ -147,7 +157,7 @@ class NiftiSliceDataset(MedicalSliceDataset):
                  window_mode: str | None = None, channel: int | None = None, cache_size: int | None = 4,
                  pipeline: Sequence[dict | Callable] = (), metainfo: dict | None = None, test_mode: bool = False,
                  indices: int | Sequence[int] | None = None, serialize_data: bool = True, lazy_init: bool = False,
-                 max_refetch: int = 1000) -> None:
+                 max_refetch: int = 1000, on_bad_sample: str = "raise") -> None:
         resolve_window(window, window_mode)  # fail on a bad window before reading anything
         self.window, self.window_mode, self.channel = window, window_mode, channel
         json_classes, self.pairs = self._find_pairs(data_root, images, labels, dataset_json)
@@ -161,7 +171,8 @@ class NiftiSliceDataset(MedicalSliceDataset):
             classes = json_classes
         super().__init__(classes=classes, palette=palette, cache_size=cache_size, data_root=data_root,
                          pipeline=pipeline, metainfo=metainfo, test_mode=test_mode, indices=indices,
-                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch)
+                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch,
+                         on_bad_sample=on_bad_sample)
 
     @staticmethod
     def _find_pairs(root: str, images: Sequence[str] | None, labels: Sequence[str | None] | None,
@@ -181,14 +192,12 @@ class NiftiSliceDataset(MedicalSliceDataset):
             raise FileNotFoundError(f"NiftiSliceDataset found no volumes under {self.data_root!r}")
         data_list, oblique = [], []
         for image_path, label_path in self.pairs:
-            for path in (image_path, label_path):
-                if path is not None and not osp.isfile(path):
-                    raise FileNotFoundError(f"volume {path} does not exist")
-            img = nib.load(image_path)
+            try:
+                img = self._open_pair(image_path, label_path)
+            except (BadSampleError, OSError) as error:
+                self.bad_sample(image_path, str(error), type(error))
+                continue
             shape = img.shape[:3]
-            if label_path is not None and nib.load(label_path).shape[:3] != shape:
-                raise ValueError(f"label {label_path} has shape {nib.load(label_path).shape} but image "
-                                 f"{image_path} has {img.shape}")
             if nib.aff2axcodes(img.affine)[2] not in ("S", "I"):
                 oblique.append(case_name(image_path))
             spacing = nifti_spacing_dhw(img.header.get_zooms()[:3])
@@ -196,11 +205,29 @@ class NiftiSliceDataset(MedicalSliceDataset):
             data_list.extend(dict(img_path=image_path, seg_map_path=label_path, case_name=case_name(image_path),
                                   slice_index=k, num_slices=int(shape[2]), spacing=spacing, affine=affine)
                              for k in range(shape[2]))
+        if not data_list:
+            raise FileNotFoundError(f"NiftiSliceDataset is empty: all {len(self.pairs)} volumes were skipped "
+                                    f"({next(iter(self.skipped.values()))})")
         if oblique:
             warnings.warn(f"the last voxel axis of {oblique[:5]} is not superior-inferior (affine axis codes); "
                           "densekit slices along it anyway (see the axis convention in densekit.datasets.nifti)",
                           stacklevel=2)
         return data_list
+
+    def _open_pair(self, image_path: str, label_path: str | None):
+        """The image's nibabel header object, after checking both files exist and have fitting shapes."""
+        for path in (image_path, label_path):
+            if path is not None and not osp.isfile(path):
+                raise FileNotFoundError(f"volume {path} does not exist")
+        img = nib.load(image_path)
+        check_nifti_shape(image_path, img.shape, self.channel)
+        if label_path is not None:
+            label_shape = nib.load(label_path).shape
+            check_nifti_shape(label_path, label_shape, None)
+            if label_shape != img.shape[:3]:
+                raise BadSampleError(f"label {label_path} has shape {label_shape} but image {image_path} has "
+                                     f"{img.shape}; expected the image's (X, Y, Z) {img.shape[:3]}")
+        return img
 
     def load_volume(self, image_path: str, label_path: str | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Windowed image and checked label of one case, ``(D, H, W)`` each (uncached)."""

@@ -28,6 +28,7 @@ import numpy as np
 from mmengine.dataset import BaseDataset
 
 from ..registry import DATASETS, TRANSFORMS
+from .bad_samples import BadSampleMixin
 from .base import default_palette
 from .medical_transforms import check_label_range
 
@@ -62,7 +63,7 @@ class VolumeCache:
         self._items.clear()
 
 
-class MedicalSliceDataset(BaseDataset):
+class MedicalSliceDataset(BadSampleMixin, BaseDataset):
     """Base of the 2-D slice datasets over 3-D volumes: class metainfo, a volume cache, arrays in ``get_data_info``.
 
     Subclasses implement ``load_data_list`` (one dict per slice, no arrays) and ``load_arrays(info) -> (image
@@ -74,6 +75,8 @@ class MedicalSliceDataset(BaseDataset):
             ``[0, len(classes))`` raise ``ValueError`` naming the file and the values.
         palette: one RGB colour per class (generated when None).
         cache_size: volumes kept in memory per process (None: all).
+        on_bad_sample: ``'raise'`` (default) or ``'skip'`` a volume that cannot be used (wrong number of
+            dimensions, labels out of range), see ``densekit.datasets.bad_samples``; skips are in ``self.skipped``.
         pipeline, test_mode, indices, serialize_data, lazy_init, max_refetch: as ``mmengine``'s ``BaseDataset``.
     """
 
@@ -82,7 +85,9 @@ class MedicalSliceDataset(BaseDataset):
     def __init__(self, classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
                  cache_size: int | None = 4, data_root: str = "", pipeline: Sequence[dict | Callable] = (),
                  metainfo: dict | None = None, test_mode: bool = False, indices: int | Sequence[int] | None = None,
-                 serialize_data: bool = True, lazy_init: bool = False, max_refetch: int = 1000) -> None:
+                 serialize_data: bool = True, lazy_init: bool = False, max_refetch: int = 1000,
+                 on_bad_sample: str = "raise") -> None:
+        self._init_bad_samples(on_bad_sample)
         meta = dict(metainfo or {})
         if classes is not None:
             meta["classes"] = classes
@@ -165,7 +170,8 @@ class SynapseDataset(MedicalSliceDataset):
                  classes: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
                  cache_size: int | None = 4, pipeline: Sequence[dict | Callable] = (),
                  metainfo: dict | None = None, test_mode: bool = False, indices: int | Sequence[int] | None = None,
-                 serialize_data: bool = True, lazy_init: bool = False, max_refetch: int = 1000) -> None:
+                 serialize_data: bool = True, lazy_init: bool = False, max_refetch: int = 1000,
+                 on_bad_sample: str = "raise") -> None:
         self.split = split
         self.list_dir = list_dir
         self.volumes = split != "train" and (data_dir is None or "npz" not in data_dir)
@@ -173,7 +179,8 @@ class SynapseDataset(MedicalSliceDataset):
         self.spacings = {k: tuple(float(s) for s in v) for k, v in (spacings or {}).items()}
         super().__init__(classes=classes, palette=palette, cache_size=cache_size, data_root=data_root,
                          pipeline=pipeline, metainfo=metainfo, test_mode=test_mode, indices=indices,
-                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch)
+                         serialize_data=serialize_data, lazy_init=lazy_init, max_refetch=max_refetch,
+                         on_bad_sample=on_bad_sample)
 
     def _path(self, *parts: str) -> str:
         return osp.join(self.data_root, *parts)

@@ -31,6 +31,7 @@ from mmengine.structures import PixelData
 
 from ..registry import TRANSFORMS
 from ..structures import SegDataSample
+from .bad_samples import BadSampleError, UnreadableFileError
 
 
 def _seg_keys(results: dict) -> list[str]:
@@ -54,20 +55,66 @@ def rescale_size(h: int, w: int, scale: tuple[int, int] | int | float) -> tuple[
     return (int(w * factor + 0.5), int(h * factor + 0.5)), factor
 
 
+# A JPEG ends with the EOI marker; libjpeg decodes a truncated file without error (grey bottom rows).
+_JPEG_END = b"\xff\xd9"
+
+
+def read_image_file(path: str, what: str = "image") -> np.ndarray:
+    """The decoded file as OpenCV stores it (``IMREAD_UNCHANGED``: any depth and channel count).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnreadableFileError: not an image format OpenCV decodes, or truncated; names the file.
+    """
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise UnreadableFileError(f"cannot read {what} {path}: empty, truncated or not an image format OpenCV "
+                                  "decodes (expected PNG, JPEG, TIFF, BMP, WebP)")
+    if data[:2].tobytes() == b"\xff\xd8" and _JPEG_END not in data[-64:].tobytes():
+        raise UnreadableFileError(f"{what} {path} is a truncated JPEG (no end-of-image marker): the file was cut "
+                                  "short (interrupted download or copy?)")
+    return img
+
+
+def to_bgr_uint8(img: np.ndarray, path: str) -> np.ndarray:
+    """``(H, W, 3)`` uint8 BGR from what ``read_image_file`` returns.
+
+    Grayscale is replicated to 3 channels and BGRA drops its alpha (both lossless for the colour).
+    16-bit (or float) images are refused rather than scaled: their useful range is data-specific
+    (depth, medical, raw sensor), and a silent ``>> 8`` (what ``cv2.IMREAD_COLOR`` does) turns most of
+    them into a black image. Convert such files to 8 bits with the window your data needs.
+    """
+    if img.dtype != np.uint8:
+        raise BadSampleError(f"image {path} has {img.dtype} pixels (values {img.min()}..{img.max()}); densekit "
+                             "expects 8-bit images: convert it with the intensity window your data needs")
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise BadSampleError(f"image {path} has shape {img.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+
+
 @TRANSFORMS.register_module()
 class LoadImageFromFile:
-    """Read ``results['img_path']`` with ``cv2.imread`` as a BGR uint8 ``(H, W, 3)`` image (mmcv's
-    ``LoadImageFromFile`` with ``color_type='color'``); sets ``img_shape`` and ``ori_shape``."""
+    """Read ``results['img_path']`` as a BGR uint8 ``(H, W, 3)`` image (mmcv's ``LoadImageFromFile`` with
+    ``color_type='color'``); sets ``img_shape`` and ``ori_shape``.
+
+    Grayscale images become 3 identical channels and RGBA images lose their alpha; 16-bit images,
+    truncated or undecodable files raise ``BadSampleError`` naming the file (see ``to_bgr_uint8``).
+    """
 
     def __init__(self, to_float32: bool = False) -> None:
         self.to_float32 = to_float32
 
     def __call__(self, results: dict) -> dict:
         path = results["img_path"]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise OSError(f"cannot read image {path}: the file is missing, unreadable or not an image "
-                          "format OpenCV decodes")
+        img = to_bgr_uint8(read_image_file(path), path)
         if self.to_float32:
             img = img.astype(np.float32)
         results["img"] = img
@@ -79,6 +126,27 @@ class LoadImageFromFile:
         return f"{type(self).__name__}(to_float32={self.to_float32})"
 
 
+def check_mask(seg: np.ndarray, path: str, results: dict) -> None:
+    """Raise ``BadSampleError`` if the mask does not match the image's size (``ori_shape``) or holds a
+    label value ``>= num_classes`` other than ``ignore_index`` (both read from ``results``, where the
+    dataset puts them)."""
+    shape = results.get("ori_shape")
+    if shape is not None and tuple(seg.shape[:2]) != tuple(shape):
+        raise BadSampleError(f"mask {path} is {seg.shape[0]}x{seg.shape[1]} (HxW) but its image "
+                             f"{results.get('img_path')} is {shape[0]}x{shape[1]}; they must have the same size")
+    num_classes = results.get("num_classes")
+    if num_classes is None:
+        return
+    ignore = results.get("ignore_index", 255)
+    bad = (seg >= num_classes) & (seg != ignore)
+    if bad.any():
+        values = np.unique(seg[bad])
+        shown = ", ".join(map(str, values[:8].tolist())) + (" ..." if len(values) > 8 else "")
+        raise BadSampleError(f"mask {path} has label values {{{shown}}} (after reduce_zero_label="
+                             f"{bool(results.get('reduce_zero_label'))}) but the dataset has {num_classes} classes: "
+                             f"expected 0..{num_classes - 1} or the ignore value {ignore}")
+
+
 @TRANSFORMS.register_module()
 class LoadAnnotations:
     """Read ``results['seg_map_path']`` unchanged into ``gt_seg_map`` ``(H, W)`` uint8 (mmseg's
@@ -86,7 +154,9 @@ class LoadAnnotations:
 
     ``reduce_zero_label`` (from the argument, else from ``results``, as the dataset sets it) maps 0 to
     255 and every other value ``v`` to ``v - 1``; 255 stays 255. A 3-channel mask (class ids replicated
-    across channels, e.g. REFUGE) keeps its first channel.
+    across channels, e.g. REFUGE) keeps its first channel. A mask of another size than its image, a
+    16-bit mask with values above 255, or values ``>= num_classes`` (other than ``ignore_index``; both
+    from the dataset's items) raise ``BadSampleError`` naming the file.
     """
 
     def __init__(self, reduce_zero_label: bool | None = None) -> None:
@@ -94,13 +164,14 @@ class LoadAnnotations:
 
     def __call__(self, results: dict) -> dict:
         path = results["seg_map_path"]
-        seg = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if seg is None:
-            raise OSError(f"cannot read mask {path}: the file is missing, unreadable or not an image "
-                          "format OpenCV decodes")
+        seg = read_image_file(path, "mask")
         if seg.ndim == 3:
             seg = seg[..., 0]
-        seg = seg.astype(np.uint8)
+        if seg.dtype != np.uint8:
+            if not np.issubdtype(seg.dtype, np.integer) or seg.min() < 0 or seg.max() > 255:
+                raise BadSampleError(f"mask {path} has {seg.dtype} values {seg.min()}..{seg.max()}; "
+                                     "expected class ids 0..255 (an 8-bit PNG)")
+            seg = seg.astype(np.uint8)
         reduce = self.reduce_zero_label
         if reduce is None:
             reduce = bool(results.get("reduce_zero_label", False))
@@ -109,6 +180,7 @@ class LoadAnnotations:
                              f"reduce_zero_label={results['reduce_zero_label']}; set it in one place")
         if reduce:
             seg = reduce_zero_label(seg)
+        check_mask(seg, path, dict(results, reduce_zero_label=reduce))
         results["gt_seg_map"] = seg
         results["reduce_zero_label"] = reduce
         results.setdefault("seg_fields", [])
