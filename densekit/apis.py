@@ -40,14 +40,28 @@ def safe_loading():
 
 
 def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-                 launcher: str = "none"):
-    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied."""
+                 launcher: str = "none", deterministic: bool = False):
+    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied.
+
+    ``deterministic`` sets ``randomness.deterministic`` (mmengine then calls
+    ``torch.use_deterministic_algorithms(True)`` and turns cuDNN benchmarking off), so a run repeats bit for bit
+    on the same machine. A distributed ``launcher`` without CUDA uses the gloo backend: nccl needs GPUs.
+    """
     from mmengine.runner import Runner
 
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
     cfg.launcher = launcher
     if resume:
         cfg.resume = True
+    if deterministic:
+        cfg.randomness = dict(cfg.get("randomness") or {}, deterministic=True)
+        cfg.randomness.setdefault("seed", 0)
+        cfg.env_cfg = dict(cfg.get("env_cfg") or {}, cudnn_benchmark=False)
+        # cuBLAS is deterministic only with a fixed workspace (torch raises otherwise on CUDA >= 10.2).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if launcher != "none" and not torch.cuda.is_available():
+        env_cfg = cfg.setdefault("env_cfg", {})
+        env_cfg["dist_cfg"] = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")
     if amp:
         if not torch.cuda.is_available():
             raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
@@ -57,9 +71,9 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
 
 
 def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-          launcher: str = "none"):
+          launcher: str = "none", deterministic: bool = False):
     """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics)."""
-    runner = build_runner(cfg, work_dir, resume, amp, launcher)
+    runner = build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
     with safe_loading():
         runner.train()
     return runner
