@@ -60,14 +60,41 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
         # cuBLAS is deterministic only with a fixed workspace (torch raises otherwise on CUDA >= 10.2).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if launcher != "none" and not torch.cuda.is_available():
-        env_cfg = cfg.setdefault("env_cfg", {})
-        env_cfg["dist_cfg"] = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")
+        _init_cpu_distributed(cfg, launcher)
     if amp:
         if not torch.cuda.is_available():
             raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     return Runner.from_cfg(cfg)
+
+
+def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Start the gloo process group of a CPU-only distributed run before the Runner does.
+
+    mmengine's launchers call ``torch.cuda.set_device`` before ``init_process_group`` whatever the backend,
+    which fails without a GPU; the Runner skips its own initialisation when a group already exists. torchrun
+    (``--launcher pytorch``) sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``, which ``env://``
+    reads. mmengine's DDP wrapper is also given ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
+    module: the wrapper config gets ``device_ids=None``. The Slurm and MPI launchers stay GPU-only: on CPU
+    nodes run torchrun under srun instead.
+    """
+    import torch.distributed as dist
+
+    env_cfg = cfg.setdefault("env_cfg", {})
+    env_cfg["dist_cfg"] = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")  # nccl needs GPUs
+    if launcher != "pytorch":
+        raise SystemExit(f"--launcher {launcher} needs CUDA GPUs (mmengine selects one per process); on CPU "
+                         "nodes launch with torchrun / tools/dist_train.sh (--launcher pytorch)")
+    wrapper = dict(cfg.get("model_wrapper_cfg") or dict(
+        type="MMDistributedDataParallel", broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False)))
+    if wrapper.get("type", "MMDistributedDataParallel") == "MMDistributedDataParallel":
+        wrapper.setdefault("device_ids", None)
+    cfg.model_wrapper_cfg = wrapper
+    if not dist.is_initialized():
+        extra = {k: v for k, v in env_cfg["dist_cfg"].items() if k not in ("backend", "init_backend")}
+        dist.init_process_group(backend="gloo", **extra)
 
 
 def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,

@@ -41,8 +41,7 @@ def tiny_config(path: Path, data_root: Path, *, max_iters: int, batch_size: int,
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters + 1)
     cfg.default_hooks.logger.interval = 1
     cfg.log_processor = dict(by_epoch=False, window_size=1)  # the loss of each iteration, not a moving mean
-    cfg.default_hooks.checkpoint = dict(type="SafeCheckpointHook", by_epoch=False, interval=checkpoint_interval,
-                                        max_keep_ckpts=2)
+    cfg.default_hooks.checkpoint = dict(type="SafeCheckpointHook", by_epoch=False, interval=checkpoint_interval)
     # A plain linear decay from a useful lr: the losses then depend on the weights, the optimizer state and the
     # schedule, which a resume must all restore (the demo's warm-up, shrunk to a few iterations, leaves lr ~1e-6).
     cfg.param_scheduler = [dict(type="PolyLR", eta_min=0.0, power=1.0, begin=0, end=max_iters, by_epoch=False)]
