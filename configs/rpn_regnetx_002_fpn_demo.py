@@ -85,7 +85,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=max_iters, max_keep_ckpts=1),
+    checkpoint=dict(type="SafeCheckpointHook", by_epoch=False, interval=max_iters, max_keep_ckpts=1),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")])

@@ -59,7 +59,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", interval=50, max_keep_ckpts=3),
+    checkpoint=dict(type="SafeCheckpointHook", interval=50, max_keep_ckpts=3),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 env_cfg = dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork"), dist_cfg=dict(backend="nccl"))

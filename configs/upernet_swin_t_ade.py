@@ -123,7 +123,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=16000, max_keep_ckpts=3),
+    checkpoint=dict(type="SafeCheckpointHook", by_epoch=False, interval=16000, max_keep_ckpts=3),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 env_cfg = dict(cudnn_benchmark=True, mp_cfg=dict(mp_start_method="fork"), dist_cfg=dict(backend="nccl"))

@@ -79,9 +79,14 @@ def _checkpoint_source(cfg: Config) -> str:
 
 
 def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-                 launcher: str = "none"):
+                 launcher: str = "none", deterministic: bool = False):
     """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` added
-    to ``custom_hooks`` (unless the config lists it already)."""
+    to ``custom_hooks`` (unless the config lists it already).
+
+    ``deterministic`` sets ``randomness.deterministic`` (mmengine then calls
+    ``torch.use_deterministic_algorithms(True)`` and turns cuDNN benchmarking off), so a run repeats bit for bit
+    on the same machine. A distributed ``launcher`` without CUDA uses the gloo backend: nccl needs GPUs.
+    """
     from mmengine.runner import Runner
 
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
@@ -93,6 +98,14 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
         cfg.custom_hooks = [*hooks, dict(type="NonFiniteLossHook")]
     if resume:
         cfg.resume = True
+    if deterministic:
+        cfg.randomness = dict(cfg.get("randomness") or {}, deterministic=True)
+        cfg.randomness.setdefault("seed", 0)
+        cfg.env_cfg = dict(cfg.get("env_cfg") or {}, cudnn_benchmark=False)
+        # cuBLAS is deterministic only with a fixed workspace (torch raises otherwise on CUDA >= 10.2).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if launcher != "none" and not torch.cuda.is_available():
+        _init_cpu_distributed(cfg, launcher)
     if amp:
         if not torch.cuda.is_available():
             raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
@@ -101,13 +114,42 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
     return Runner.from_cfg(cfg)
 
 
+def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Start the gloo process group of a CPU-only distributed run before the Runner does.
+
+    mmengine's launchers call ``torch.cuda.set_device`` before ``init_process_group`` whatever the backend,
+    which fails without a GPU; the Runner skips its own initialisation when a group already exists. torchrun
+    (``--launcher pytorch``) sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``, which ``env://``
+    reads. mmengine's DDP wrapper is also given ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
+    module: the wrapper config gets ``device_ids=None``. The Slurm and MPI launchers stay GPU-only: on CPU
+    nodes run torchrun under srun instead.
+    """
+    import torch.distributed as dist
+
+    env_cfg = cfg.setdefault("env_cfg", {})
+    env_cfg["dist_cfg"] = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")  # nccl needs GPUs
+    if launcher != "pytorch":
+        raise SystemExit(f"--launcher {launcher} needs CUDA GPUs (mmengine selects one per process); on CPU "
+                         "nodes launch with torchrun / tools/dist_train.sh (--launcher pytorch)")
+    wrapper = dict(cfg.get("model_wrapper_cfg") or dict(
+        type="MMDistributedDataParallel", broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False)))
+    if wrapper.get("type", "MMDistributedDataParallel") == "MMDistributedDataParallel":
+        wrapper.setdefault("device_ids", None)
+    cfg.model_wrapper_cfg = wrapper
+    if not dist.is_initialized():
+        extra = {k: v for k, v in env_cfg["dist_cfg"].items() if k not in ("backend", "init_backend")}
+        dist.init_process_group(backend="gloo", **extra)
+
+
 def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-          launcher: str = "none", unsafe_load: bool = False):
+          launcher: str = "none", unsafe_load: bool = False, deterministic: bool = False):
     """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics).
 
-    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``).
+    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``);
+    ``deterministic`` as in ``build_runner``.
     """
-    runner = build_runner(cfg, work_dir, resume, amp, launcher)
+    runner = build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
     with safe_loading(unsafe_load, _checkpoint_source(cfg)):
         runner.train()
     return runner

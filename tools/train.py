@@ -4,7 +4,8 @@ Examples:
     python tools/train.py configs/upernet_swin_t_ade.py
     python tools/train.py configs/upernet_swin_t_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
     python tools/train.py configs/upernet_swin_t_ade.py --resume          # continue from the latest checkpoint
-    torchrun --nproc_per_node 8 tools/train.py configs/upernet_swin_t_ade.py --launcher pytorch
+    python tools/train.py configs/upernet_swin_t_demo.py --deterministic  # bit-for-bit repeatable runs
+    tools/dist_train.sh configs/upernet_swin_t_ade.py 8                   # torchrun, --launcher pytorch
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def main() -> None:
     parser.add_argument("config", help="config file, e.g. configs/upernet_swin_t_ade.py")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms and seeding (randomness.deterministic=True)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, GPU)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
     parser.add_argument("--unsafe-load", action="store_true",
@@ -29,7 +32,7 @@ def main() -> None:
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
     train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher,
-          unsafe_load=args.unsafe_load)
+          unsafe_load=args.unsafe_load, deterministic=args.deterministic)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,14 @@ def rescale_size(h: int, w: int, scale: tuple[int, int] | int | float) -> tuple[
     """mmcv ``rescale_size``: the largest size that fits ``scale`` while keeping the aspect ratio.
 
     For a pair, ``factor = min(max(scale) / max(h, w), min(scale) / min(h, w))`` (the orientation of
-    ``scale`` does not matter); a number is the factor itself. Returns ``((new_w, new_h), factor)``.
+    ``scale`` does not matter); a number is the factor itself. Returns ``((new_w, new_h), factor)``; a side
+    never rounds to 0 (mmcv would: a 1x9 strip at scale (4, 1) became 4x0, which OpenCV rejects).
     """
     if isinstance(scale, (int, float)):
         factor = float(scale)
     else:
         factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return (int(w * factor + 0.5), int(h * factor + 0.5)), factor
+    return (max(int(w * factor + 0.5), 1), max(int(h * factor + 0.5), 1)), factor
 
 
 # A JPEG ends with the EOI marker; libjpeg decodes a truncated file without error (grey bottom rows).

@@ -25,18 +25,24 @@ def _distributed() -> bool:
 def build_norm(norm: str, channels: int) -> nn.Module:
     """A batch norm over ``channels`` for ``norm`` in ``NORMS``.
 
-    ``'SyncBN'`` falls back to ``nn.BatchNorm2d`` with a warning when not running distributed: single-process
-    ``SyncBatchNorm`` fails on CPU and synchronises nothing on one GPU. The two share their state-dict keys,
+    ``'SyncBN'`` falls back to ``nn.BatchNorm2d`` with a warning when not running distributed (single-process
+    ``SyncBatchNorm`` fails on CPU and synchronises nothing on one GPU) and in distributed CPU runs (gloo),
+    where DDP refuses ``SyncBatchNorm``. The two share their state-dict keys,
     so checkpoints load either way (``nn.SyncBatchNorm.convert_sync_batchnorm`` can convert later).
     """
     if norm == "BN":
         return nn.BatchNorm2d(channels)
     if norm == "SyncBN":
-        if _distributed():
-            return nn.SyncBatchNorm(channels)
-        warnings.warn("norm='SyncBN' outside distributed training (torch.distributed not initialised or "
-                      "world size 1): using nn.BatchNorm2d instead", stacklevel=2)
-        return nn.BatchNorm2d(channels)
+        if not _distributed():
+            warnings.warn("norm='SyncBN' outside distributed training (torch.distributed not initialised or "
+                          "world size 1): using nn.BatchNorm2d instead", stacklevel=2)
+            return nn.BatchNorm2d(channels)
+        if not torch.cuda.is_available():
+            # DDP rejects SyncBatchNorm in a CPU module ("SyncBatchNorm layers only work with GPU modules").
+            warnings.warn("norm='SyncBN' in a distributed run without CUDA: torch's SyncBatchNorm is GPU-only, "
+                          "using nn.BatchNorm2d (statistics per process) instead", stacklevel=2)
+            return nn.BatchNorm2d(channels)
+        return nn.SyncBatchNorm(channels)
     raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
 
 

@@ -39,6 +39,10 @@ def test_unknown_norm():
 
 def test_syncbn_when_distributed(monkeypatch):
     monkeypatch.setattr("densekit.layers.conv._distributed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="GPU-only"):  # gloo on CPU: DDP would reject SyncBatchNorm
+        assert type(ConvModule(4, 8, 1, norm="SyncBN").bn) is nn.BatchNorm2d
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     block = ConvModule(4, 8, 1, norm="SyncBN")
     assert type(block.bn) is nn.SyncBatchNorm
     assert set(block.state_dict()) == set(ConvModule(4, 8, 1).state_dict())  # checkpoints load either way
