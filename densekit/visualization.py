@@ -212,7 +212,8 @@ def plot_curves(scalars: str | os.PathLike, out: str | os.PathLike, title: str =
             ax.plot(steps, values, "o-", color="tab:red", ms=3)
         ax.annotate(f"{values[-1]:.4g}", (steps[-1], values[-1]), textcoords="offset points", xytext=(-4, 6),
                     ha="right", fontsize=8)
-        ax.set(xlabel="iteration", title=key)
+        # mmengine logs validation at the iteration (iteration-based loops) or the epoch (epoch-based ones)
+        ax.set(xlabel="iteration" if key in losses else "step (iteration or epoch)", title=key)
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
