@@ -86,7 +86,7 @@ val_dataloader = dict(
                  ann_dir="annotations/validation", pipeline=test_pipeline),
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
+val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"], per_class=True)  # IoU.<class> for `densekit plot`
 test_evaluator = val_evaluator
 
 # No paramwise_cfg (decay-free norms) here: from scratch it changes nothing visible, and mmengine

@@ -206,12 +206,14 @@ def montage_slices(labels: np.ndarray | None, depth: int, n: int) -> np.ndarray:
 
 
 def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Sequence[int]], n: int = 16,
-            alpha: float = 0.5, cols: int | None = None, tile_size: int | None = None) -> np.ndarray:
+            alpha: float = 0.5, cols: int | None = None, tile_size: int | None = None,
+            class_names: Sequence[str] = ()) -> np.ndarray:
     """An RGB uint8 grid ``(rows * h, cols * w, 3)`` of ``n`` slices with the labels overlaid.
 
     Slices are picked by ``montage_slices``; intensities are stretched between the volume's 0.5th and 99.5th
     percentiles; labels ``> 0`` are blended with ``palette[label]`` (RGB) at ``alpha``; each tile is marked
     with its slice index. ``tile_size`` scales tiles to that longer side. Empty cells of the grid are black.
+    ``class_names`` (index 0 = background, not drawn) adds a legend of the classes 1.. under the grid.
     """
     volume = np.asarray(volume, np.float32)
     if volume.ndim != 3 or (labels is not None and np.shape(labels) != volume.shape):
@@ -242,6 +244,11 @@ def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Seq
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
         grid[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
+    if len(class_names) > 1:
+        from .visualization import legend
+
+        strip = legend(list(class_names)[1:], [list(c) for c in palette][1:], grid.shape[1])[..., ::-1]  # BGR->RGB
+        grid = np.concatenate([grid, strip], axis=0)
     return grid
 
 
@@ -298,5 +305,5 @@ def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, 
         pred_path = osp.join(out_dir, f"{name}_pred" + (".nii.gz" if nifti else ".h5"))
         written.append(save_nifti(labels, affine, pred_path) if nifti else save_h5(labels, pred_path, spacing=spacing))
         colours = palette or default_palette(max(len(classes), int(labels.max()) + 1))
-        save_png(montage(volume, labels, colours), osp.join(out_dir, f"{name}_montage.png"))
+        save_png(montage(volume, labels, colours, class_names=classes), osp.join(out_dir, f"{name}_montage.png"))
     return written

@@ -112,11 +112,16 @@ def comparison_panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray,
     return panel
 
 
+# Keys mmengine logs beside losses and metrics; never plotted as curves.
+BOOKKEEPING_KEYS = frozenset({"step", "iter", "epoch", "time", "data_time", "memory", "lr", "base_lr"})
+
+
 def read_scalars(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
     """mmengine's ``vis_data/scalars.json`` (one JSON object per line) -> ``(train rows, val rows)``.
 
     Train rows carry ``loss`` and ``step`` (the iteration); validation rows carry the metrics
-    (``mIoU``, ``aAcc``, ...) and ``step`` (the iteration they were measured after).
+    (``mIoU``, ``aAcc``, ...) and ``step`` (the iteration they were measured after): any row without ``loss``
+    holding a key besides ``BOOKKEEPING_KEYS``.
     """
     import json
 
@@ -128,7 +133,7 @@ def read_scalars(path: str | os.PathLike) -> tuple[list[dict], list[dict]]:
             row = json.loads(line)
             if "loss" in row:
                 train.append(row)
-            elif "mIoU" in row or "aAcc" in row:
+            elif set(row) - BOOKKEEPING_KEYS:
                 val.append(row)
     return train, val
 
@@ -140,14 +145,10 @@ def plot_training_curves(scalars: str | os.PathLike, out: str | os.PathLike, met
     Uses matplotlib's Agg canvas directly (no pyplot, no display needed). ``target`` draws a dashed
     line on the metric axis. Returns ``out``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     train, val = read_scalars(scalars)
     if not train:
         raise ValueError(f"{scalars} holds no training loss: was the run logged with a LoggerHook?")
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure(10, 4)
     ax_loss, ax_metric = fig.subplots(1, 2)
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="total")
     for key, color in (("decode.loss_ce", "tab:orange"), ("aux.loss_ce", "tab:green")):
@@ -172,6 +173,11 @@ def plot_training_curves(scalars: str | os.PathLike, out: str | os.PathLike, met
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Write a matplotlib ``Figure`` as PNG through a temporary file and a rename; returns ``out``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}{out.suffix}")
@@ -181,3 +187,108 @@ def plot_training_curves(scalars: str | os.PathLike, out: str | os.PathLike, met
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def _figure(width: float, height: float):
+    """A matplotlib ``Figure`` on an Agg canvas: no pyplot, no display, no global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def loss_and_metric_keys(train: Sequence[dict], val: Sequence[dict]) -> tuple[list[str], list[str]]:
+    """The loss terms (train keys holding ``loss``, total first) and the scalar metrics (validation keys but
+    bookkeeping and per-class ``IoU.<class>`` values) of a run, in first-seen order."""
+    losses = list(dict.fromkeys(k for row in train for k in row if "loss" in k))
+    losses.sort(key=lambda k: k != "loss")
+    metrics = list(dict.fromkeys(k for row in val for k, v in row.items()
+                                 if k not in BOOKKEEPING_KEYS and "." not in k and isinstance(v, (int, float))))
+    return losses, metrics
+
+
+def plot_curves(scalars: str | os.PathLike, out: str | os.PathLike, title: str = "", cols: int = 3) -> Path:
+    """One subplot per loss term and per validation metric of a ``scalars.json``, x = iteration; writes a PNG.
+
+    Loss curves are drawn from the training rows, metrics (``aAcc``, ``mIoU``, ``mDice``, ``AR@100``, ...) as
+    dots-and-lines from the validation rows with the last value written on. Returns ``out``.
+    """
+    train, val = read_scalars(scalars)
+    losses, metrics = loss_and_metric_keys(train, val)
+    if not losses and not metrics:
+        raise ValueError(f"{scalars} holds neither losses nor metrics: was the run logged with a LoggerHook?")
+    keys = losses + metrics
+    cols = min(cols, len(keys))
+    rows = -(-len(keys) // cols)
+    fig = _figure(4 * cols, 3 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        points = [(r["step"], r[key]) for r in (train if key in losses else val) if key in r]
+        steps, values = zip(*points)
+        if key in losses:
+            ax.plot(steps, values, color="tab:blue", lw=1)
+        else:
+            ax.plot(steps, values, "o-", color="tab:red", ms=3)
+        ax.annotate(f"{values[-1]:.4g}", (steps[-1], values[-1]), textcoords="offset points", xytext=(-4, 6),
+                    ha="right", fontsize=8)
+        # mmengine logs validation at the iteration (iteration-based loops) or the epoch (epoch-based ones)
+        ax.set(xlabel="iteration" if key in losses else "step (iteration or epoch)", title=key)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def per_class_iou(row: dict) -> tuple[list[str], np.ndarray]:
+    """Class names and IoUs from a validation row's ``IoU.<class>`` keys (``IoUMetric(per_class=True)``)."""
+    names = [k[len("IoU."):] for k in row if k.startswith("IoU.")]
+    return names, np.asarray([row[f"IoU.{n}"] for n in names], np.float64)
+
+
+def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float], out: str | os.PathLike,
+                       palette: Sequence[Sequence[int]] | None = None, title: str = "") -> Path:
+    """Per-class IoU as a horizontal bar chart, one bar per class in its palette colour (RGB), the value written
+    at the bar's end; NaN (a class absent from labels and predictions) is drawn as "absent". The figure grows
+    with the number of classes (0.22 inch per class). Returns ``out``."""
+    ious = np.asarray(ious, np.float64)
+    if len(class_names) != len(ious):
+        raise ValueError(f"{len(class_names)} class names but {len(ious)} IoU values")
+    palette = palette if palette is not None else default_palette(len(ious))
+    colors = [np.asarray(palette[i % len(palette)], np.float64) / 255 for i in range(len(ious))]
+    fig = _figure(7, 1.2 + 0.22 * len(ious))
+    ax = fig.subplots()
+    positions = np.arange(len(ious))[::-1]  # first class on top
+    ax.barh(positions, np.nan_to_num(ious), color=colors, edgecolor="black", linewidth=0.4)
+    for y, value in zip(positions, ious):
+        text = "absent" if np.isnan(value) else f"{value:.3f}"
+        ax.text(min(np.nan_to_num(value), 1.0) + 0.01, y, text, va="center", fontsize=8)
+    ax.set_yticks(positions, [str(n) for n in class_names], fontsize=8)
+    valid = ious[~np.isnan(ious)]
+    mean = f"  (mIoU {valid.mean():.3f})" if valid.size else ""
+    ax.set(xlim=(0, 1.12), ylim=(-0.7, len(ious) - 0.3), xlabel="IoU", title=(title or "per-class IoU") + mean)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet",
+                    marker: tuple[int, int] | None = None) -> np.ndarray:
+    """Blend ``heat`` ``(H, W)`` (scaled by its maximum to [0, 1], coloured by matplotlib's ``cmap``) over a BGR
+    ``image`` ``(H, W, 3)``; ``marker`` ``(x, y)`` draws a white cross there (a query pixel). Returns BGR uint8."""
+    from matplotlib import colormaps
+
+    if image.shape[:2] != heat.shape:
+        raise ValueError(f"image {image.shape[:2]} and heat map {heat.shape} differ in size")
+    peak = float(np.max(heat)) if heat.size else 0.0
+    scaled = np.asarray(heat, np.float64) / peak if peak > 0 else np.zeros(heat.shape)
+    colored = (colormaps[cmap](scaled)[..., :3][..., ::-1] * 255).astype(np.uint8)  # RGBA -> BGR
+    blended = cv2.addWeighted(np.ascontiguousarray(image), 1 - alpha, colored, alpha, 0)
+    if marker is not None:
+        cv2.drawMarker(blended, tuple(int(v) for v in marker), (255, 255, 255), cv2.MARKER_CROSS,
+                       max(7, min(image.shape[:2]) // 12), 2)
+    return blended

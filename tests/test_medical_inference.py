@@ -156,3 +156,17 @@ def test_montage_grid_of_overlays(tmp_path):
     assert montage(volume, None, palette, n=16).shape == (3 * 40, 4 * 36, 3)  # 10 slices: 3 rows of 4
     path = save_png(grid, str(tmp_path / "montage.png"))
     assert cv2.imread(path).shape == grid.shape
+
+
+def test_montage_legend_names_the_foreground_classes():
+    volume = _volume()
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[2:8, 10:30, 8:20] = 1
+    palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+    plain = montage(volume, labels, palette, n=4)
+    with_legend = montage(volume, labels, palette, n=4, class_names=["background", "liver", "spleen"])
+    assert with_legend.shape == (plain.shape[0] + 2 * 22, plain.shape[1], 3)  # 72 px wide: one class per row
+    np.testing.assert_array_equal(with_legend[: plain.shape[0]], plain)
+    strip = with_legend[plain.shape[0]:]
+    assert (strip == [255, 0, 0]).all(-1).sum() == 15 * 15 and (strip == [0, 255, 0]).all(-1).sum() == 15 * 15
+    assert not (strip == [0, 0, 0]).all(-1)[:, :22].any()  # background (class 0) gets no swatch

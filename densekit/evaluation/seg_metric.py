@@ -121,6 +121,10 @@ class IoUMetric(BaseMetric):
         nan_to_num: replace NaN per-class values (classes absent from labels and predictions) by this
             number, so they do count in the means; None keeps mmseg's default of excluding them.
         beta: weight of recall in the F-score.
+        per_class: also return each class's IoU as ``IoU.<class>`` (NaN classes left out), so the Runner logs
+            it to ``vis_data/scalars.json`` and ``densekit plot`` draws the per-class bar chart.
+        output_dir: write ``per_class_iou.png`` (``densekit.visualization.plot_per_class_iou``) there after
+            each evaluation.
         collect_device, prefix: as in ``mmengine.evaluator.BaseMetric``.
 
     Class names come from ``dataset_meta['classes']`` (the Runner copies the dataset's ``metainfo``).
@@ -128,8 +132,8 @@ class IoUMetric(BaseMetric):
     """
 
     def __init__(self, ignore_index: int = 255, iou_metrics: Sequence[str] = ("mIoU",),
-                 nan_to_num: float | None = None, beta: float = 1.0, collect_device: str = "cpu",
-                 prefix: str | None = None) -> None:
+                 nan_to_num: float | None = None, beta: float = 1.0, per_class: bool = False,
+                 output_dir: str | None = None, collect_device: str = "cpu", prefix: str | None = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.metrics = [iou_metrics] if isinstance(iou_metrics, str) else list(iou_metrics)
         unknown = set(self.metrics) - set(ALLOWED_METRICS)
@@ -138,6 +142,8 @@ class IoUMetric(BaseMetric):
         self.ignore_index = ignore_index
         self.nan_to_num = nan_to_num
         self.beta = beta
+        self.per_class = per_class
+        self.output_dir = output_dir
 
     def _classes(self) -> Sequence[str]:
         meta = self.dataset_meta or {}
@@ -169,4 +175,14 @@ class IoUMetric(BaseMetric):
         for key, values in per_class.items():
             summary["m" + key] = _nanmean(values)
         print_log("per class results:\n" + format_class_table(class_names, per_class), logger="current")
+        if "IoU" in per_class:
+            ious = per_class["IoU"]
+            if self.per_class:
+                summary.update({f"IoU.{n}": float(v) for n, v in zip(class_names, ious) if not np.isnan(v)})
+            if self.output_dir:
+                from ..visualization import plot_per_class_iou
+
+                palette = (self.dataset_meta or {}).get("palette")
+                path = plot_per_class_iou(class_names, ious, f"{self.output_dir}/per_class_iou.png", palette)
+                print_log(f"per-class IoU chart written to {path}", logger="current")
         return summary

@@ -183,9 +183,16 @@ class WindowAttention(nn.Module):
         out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
         return self.proj_drop(self.proj(out))
 
-    def _forward_reference(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-        """The official Swin computation, window by window; same contract as ``forward``."""
-        b, hp, wp, c = x.shape
+    def attention_weights(self, x: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference attention weights ``softmax(q k^T / sqrt(d) + bias + shift mask)`` and the values.
+
+        Args: as ``forward`` (``x`` ``(B, Hp, Wp, C)``, already padded and shifted).
+
+        Returns:
+            weights ``(B*nW, nH, N, N)`` (query rows sum to 1; windows in ``partition_windows`` order) and
+            values ``(B*nW, nH, N, d)``. No dropout: ``densekit.attention_maps`` draws these.
+        """
+        b, hp, wp, _ = x.shape
         windows = partition_windows(x, window)  # (B*nW, N, C)
         bw, n, _ = windows.shape
         qkv = self.qkv(windows).reshape(bw, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -195,7 +202,14 @@ class WindowAttention(nn.Module):
             region = _shift_region_mask(hp, wp, window, shift, x.device).to(attn.dtype)
             attn = attn.view(b, -1, self.num_heads, n, n) + region[None, :, None]
             attn = attn.view(bw, self.num_heads, n, n)
-        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+        return attn.softmax(dim=-1), v
+
+    def _forward_reference(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+        """The official Swin computation, window by window; same contract as ``forward``."""
+        b, hp, wp, c = x.shape
+        attn, v = self.attention_weights(x, window, shift)
+        bw, n = attn.shape[0], attn.shape[-1]
+        attn = F.dropout(attn, self.attn_drop, self.training)
         out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
         out = self.proj_drop(self.proj(out))
         return reverse_windows(out, window, hp, wp)

@@ -1,6 +1,7 @@
 """IoUMetric reproduces mmseg 1.x's IoUMetric and agrees with a direct confusion-matrix computation."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -117,3 +118,17 @@ def test_missing_class_names_are_reported():
     metric = IoUMetric()
     with pytest.raises(ValueError, match="classes"):
         metric.process({}, [_sample(np.zeros((2, 2), int), np.zeros((2, 2), int))])
+
+
+def test_per_class_iou_keys_and_chart(tmp_path):
+    label = np.repeat(np.arange(4), 10).reshape(4, 10)  # classes a..d, e absent: NaN, left out of the keys
+    pred = label.copy()
+    pred[0, :5] = 1  # half of class a predicted as b: IoU(a) = 5/10, IoU(b) = 10/15
+    metric = _metric(per_class=True, output_dir=str(tmp_path / "pics"))
+    metric.process({}, [_sample(pred, label)])
+    got = metric.evaluate(size=1)
+    assert got["IoU.a"] == pytest.approx(0.5) and got["IoU.b"] == pytest.approx(10 / 15)
+    assert got["IoU.c"] == got["IoU.d"] == 1.0 and "IoU.e" not in got
+    chart = cv2.imread(str(tmp_path / "pics" / "per_class_iou.png"))
+    assert chart is not None and chart.shape[1] == 700 and chart.shape[0] == round(100 * (1.2 + 0.22 * 5))
+    assert [p.name for p in (tmp_path / "pics").iterdir()] == ["per_class_iou.png"]  # no temporary file left
