@@ -1,0 +1,34 @@
+"""Train a model from a config with mmengine's Runner.
+
+Examples:
+    python tools/train.py configs/upernet_swin_t_ade.py
+    python tools/train.py configs/upernet_swin_t_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
+    python tools/train.py configs/upernet_swin_t_ade.py --resume          # continue from the latest checkpoint
+    torchrun --nproc_per_node 8 tools/train.py configs/upernet_swin_t_ade.py --launcher pytorch
+"""
+from __future__ import annotations
+
+import argparse
+
+from densekit.apis import DictAction, load_config, train
+from densekit.cli import check_datasets, run_tool
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="densekit train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="config file, e.g. configs/upernet_swin_t_ade.py")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, GPU)")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.cfg_options)
+    check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
+    train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher)
+
+
+if __name__ == "__main__":
+    run_tool(main)
