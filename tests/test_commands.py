@@ -54,7 +54,7 @@ def test_entry_point_is_declared():
     assert project["scripts"]["densekit"] == "densekit.commands:main"
     module, attr = project["scripts"]["densekit"].split(":")
     assert callable(getattr(importlib.import_module(module), attr))
-    assert {"onnx", "onnxruntime", "onnxscript"} <= {dep.split(">")[0].split("=")[0]
+    assert {"onnx", "onnxruntime"} <= {dep.split(">")[0].split("=")[0]
                                                      for dep in project["optional-dependencies"]["export"]}
 
 
@@ -102,3 +102,30 @@ def test_return_codes_pass_through(monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         commands.main(["fake-tool"])
     assert exit_info.value.code == 1
+
+
+def test_train_prints_progress_and_a_final_summary(tmp_path):
+    """``densekit train`` on a 2-iteration demo run: mmengine's LoggerHook line (iteration, lr, ETA, time,
+    losses) per iteration, then the summary table with the work dir, checkpoint and validation metrics."""
+    from densekit.demo import DEMO_CONFIG, load_demo_config
+
+    cfg = load_demo_config(DEMO_CONFIG, data_root=str(tmp_path / "data"), max_iters=2, val_interval=2,
+                           crop_size=64, batch_size=2, dataset=dict(num_train=4, num_val=2, size=(64, 64)))
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.num_workers, loader.persistent_workers = 0, False
+    cfg.default_hooks.logger.interval = 1
+    config, work_dir = tmp_path / "tiny_demo.py", tmp_path / "work"
+    cfg.dump(str(config))
+    proc = _run("-m", "densekit", "train", config, "--work-dir", work_dir, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    progress = [line for line in log.splitlines() if "Iter(train) [2/2]" in line]
+    assert progress, log[-3000:]
+    assert all(word in progress[0] for word in ("lr:", "eta:", "time:", "loss:", "decode.loss_ce:")), progress[0]
+    summary = proc.stdout[proc.stdout.index("training summary"):]
+    assert f"work dir         {work_dir}" in summary
+    assert f"last checkpoint  {work_dir / 'iter_2.pth'}" in summary
+    assert "(2 iterations" in summary and "last train loss" in summary
+    miou = next(line for line in summary.splitlines() if line.strip().startswith("mIoU"))
+    last, high, low = map(float, miou.split()[1:])
+    assert 0.0 <= low <= last <= high <= 1.0

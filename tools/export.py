@@ -1,0 +1,7 @@
+"""Same as ``densekit export`` (densekit/commands/export.py); ``--help`` lists its arguments and examples."""
+from densekit.commands.export import main
+
+from densekit.cli import run_tool
+
+if __name__ == "__main__":
+    run_tool(main)
