@@ -9,9 +9,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import time
+
+from mmengine.dist import is_main_process
 
 from densekit.apis import DictAction, load_config, train
 from densekit.cli import check_datasets, run_tool
+from densekit.run_summary import train_summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
-    train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher)
+    start = time.perf_counter()
+    runner = train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher)
+    if is_main_process():
+        print(train_summary(runner, time.perf_counter() - start))
 
 
 if __name__ == "__main__":
