@@ -1,39 +1,6 @@
-"""Train a model from a config with mmengine's Runner.
-
-Examples:
-    python tools/train.py configs/upernet_swin_t_ade.py
-    python tools/train.py configs/upernet_swin_t_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
-    python tools/train.py configs/upernet_swin_t_ade.py --resume          # continue from the latest checkpoint
-    python tools/train.py configs/upernet_swin_t_demo.py --deterministic  # bit-for-bit repeatable runs
-    tools/dist_train.sh configs/upernet_swin_t_ade.py 8                   # torchrun, --launcher pytorch
-"""
-from __future__ import annotations
-
-import argparse
-
-from densekit.apis import DictAction, load_config, train
-from densekit.cli import check_datasets, run_tool
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="config file, e.g. configs/upernet_swin_t_ade.py")
-    parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="deterministic algorithms and seeding (randomness.deterministic=True)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, GPU)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.cfg_options)
-    check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model
-    train(cfg, work_dir=args.work_dir, resume=args.resume, amp=args.amp, launcher=args.launcher,
-          unsafe_load=args.unsafe_load, deterministic=args.deterministic)
-
+"""Same as ``densekit train`` (densekit/commands/train.py); ``--help`` lists its arguments and examples."""
+from densekit.cli import run_tool
+from densekit.commands.train import main
 
 if __name__ == "__main__":
     run_tool(main)

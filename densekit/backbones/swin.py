@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
-from ..layers.window_attention import WindowAttention
+from ..layers.window_attention import WindowAttention, is_tracing
 from ..registry import register_backbone
 from .base import Backbone, local_checkpoint
 
@@ -76,14 +76,17 @@ class SwinBlock(nn.Module):
         window, shift = self.window_and_shift(h, w)
         y = self.norm1(x)
         pad_h, pad_w = (-h) % window, (-w) % window
-        if pad_h or pad_w:  # pad after the norm: padded tokens are zeros, as in mmseg and HF
+        # Pad and crop unconditionally while a graph is recorded (ONNX export): a test on symbolic sizes would
+        # bake this input size's branch into the graph.
+        traced = is_tracing()
+        if traced or pad_h or pad_w:  # pad after the norm: padded tokens are zeros, as in mmseg and HF
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         if shift:
             y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
         y = self.attn(y, window, shift)
         if shift:
             y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        if pad_h or pad_w:
+        if traced or pad_h or pad_w:
             y = y[:, :h, :w]
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))

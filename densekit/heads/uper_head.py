@@ -14,11 +14,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.conv import ConvModule, check_channels
+from ..layers.window_attention import is_tracing
 from ..registry import MODELS
 
 
 def _resize(x: torch.Tensor, size: torch.Size, align_corners: bool) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def _pool_matrix(size: torch.Tensor, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``(bins, size)`` averaging weights of adaptive average pooling along one axis: bin ``i`` covers
+    ``[floor(i * size / bins), ceil((i + 1) * size / bins))``, as ``F.adaptive_avg_pool2d`` does."""
+    index = torch.arange(bins, device=like.device)
+    start = (index * size) // bins
+    end = ((index + 1) * size + bins - 1) // bins
+    positions = torch.arange(size, device=like.device)  # type: ignore[arg-type]
+    inside = ((positions[None] >= start[:, None]) & (positions[None] < end[:, None])).to(like.dtype)
+    return inside / inside.sum(dim=1, keepdim=True)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that, while a graph is recorded (ONNX export), pools with two averaging
+    matrices built from the input size: ONNX has no adaptive pooling for a size unknown at export time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not is_tracing():
+            return super().forward(x)
+        bins_h, bins_w = (self.output_size, self.output_size) if isinstance(self.output_size, int) else \
+            self.output_size
+        rows = _pool_matrix(torch._shape_as_tensor(x)[2], bins_h, x)  # (bins_h, H)
+        cols = _pool_matrix(torch._shape_as_tensor(x)[3], bins_w, x)  # (bins_w, W)
+        return torch.einsum("ph,bchw,qw->bcpq", rows, x, cols)
 
 
 class PPM(nn.ModuleList):
@@ -37,7 +63,7 @@ class PPM(nn.ModuleList):
     def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int, norm: str | None,
                  align_corners: bool) -> None:
         super().__init__(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvModule(in_channels, channels, 1, norm=norm))
+            nn.Sequential(AdaptiveAvgPool2d(scale), ConvModule(in_channels, channels, 1, norm=norm))
             for scale in pool_scales
         )
         self.align_corners = align_corners

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .window_attention import is_tracing
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping ``patch x patch`` convolution followed by a LayerNorm.
@@ -29,7 +31,7 @@ class PatchEmbed(nn.Module):
         """``(B, in_chans, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)``."""
         p = self.patch_size
         pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if pad_h or pad_w:
+        if is_tracing() or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
@@ -53,7 +55,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
         b, h, w, c = x.shape
-        if h % 2 or w % 2:
+        if is_tracing() or h % 2 or w % 2:  # unconditional in a recorded graph (see PatchEmbed)
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2
         # (B, H/2, row, W/2, col, C) -> (B, H/2, W/2, col, row, C): col-major neighbours = [x0, x1, x2, x3]

@@ -24,13 +24,27 @@ MASK_VALUE = -100.0
 ATTN_IMPLS = ("sdpa", "reference")
 
 
-@lru_cache(maxsize=64)
+def is_tracing() -> bool:
+    """True while torch.export / torch.compile / jit trace records a graph (ONNX export goes through these):
+    sizes may then be symbolic (unhashable, so no cache lookup) and a cached tensor would enter the graph as a
+    constant of one input size."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _shift_region_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """0/-100 mask ``(nW, N, N)`` for shifted windows on a padded ``height x width`` grid.
 
     Tokens that a cyclic shift brought together from different regions of the grid must not
     attend to each other; regions are labelled on the padded grid, as official Swin and mmseg do.
     """
+    if is_tracing():
+        return _build_shift_region_mask(height, width, window, shift, device)
+    return _cached_shift_region_mask(height, width, window, shift, device)
+
+
+@lru_cache(maxsize=64)
+def _cached_shift_region_mask(height: int, width: int, window: int, shift: int,
+                              device: torch.device) -> torch.Tensor:
     with _plain_tensors():
         return _build_shift_region_mask(height, width, window, shift, device)
 
@@ -137,10 +151,11 @@ class WindowAttention(nn.Module):
         4-D on purpose: PyTorch's CPU flash-attention kernel takes 2-D or 4-D masks only; a 3-D mask sends
         every call to the slower math path (Swin-T 512x512 bf16 on CPU: 1.16x -> 1.03x of timm's time)."""
         table = self.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
-        key = (height, width, window, shift, dtype, table.device, table._version, table.data_ptr())
+        # Never while a graph is recorded: the key reads the table's data pointer, which traced tensors lack.
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
         if not cacheable:
             return self._fold(height, width, window, shift, dtype)
+        key = (height, width, window, shift, dtype, table.device, table._version, table.data_ptr())
         if key not in self._mask_cache:
             if len(self._mask_cache) >= 8:  # many input sizes: keep memory bounded
                 self._mask_cache.clear()

@@ -1,0 +1,60 @@
+"""Benchmark densekit against peer implementations; optionally record the result in docs/benchmarks.md.
+
+Examples:
+    python tools/benchmark.py --suite swin_t_backbone --size 512 512 --runs 7 --write
+
+The work is in ``densekit.benchmark``; this file only parses arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from densekit import (
+    bench_upernet,  # noqa: F401  (registers the upernet_swin_t suite)
+    benchmark,
+)
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="densekit benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="swin_t_backbone", choices=benchmark.list_suites())
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=7, help="timed rounds (median and min are reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--mode", default="fp32", choices=benchmark.MODES, help="bf16 = torch.autocast bfloat16")
+    parser.add_argument("--device", default="cpu", choices=benchmark.DEVICES)
+    parser.add_argument("--write", action="store_true", help=f"update the suite's section of {DOCS.name}")
+    parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> benchmark.SuiteResult:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = benchmark.BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device)
+    command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    load_before, cpu_before = benchmark.load_average(), benchmark.cpu_snapshot()
+    result = benchmark.run_suite(args.suite, config)
+    background = benchmark.background_cpu(cpu_before, benchmark.cpu_snapshot())
+    section = benchmark.render_section(result, config, command, load_before, benchmark.load_average(), background)
+    print(section)
+    if args.write:
+        name = benchmark.section_name(args.suite, config)
+        benchmark.update_section(args.docs, name, section)
+        print(f"updated section {name!r} of {args.docs}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
