@@ -27,12 +27,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "train a model from a config (mmengine Runner)",
                      "densekit train configs/upernet_swin_t_demo.py --work-dir work_dirs/demo", True),
-    "test": Command("test", "evaluate a checkpoint on a config's test set (mIoU, DSC/HD95)",
+    "test": Command("test", "evaluate a checkpoint on a config's test set (mIoU, DSC/HD95, proposal AR)",
                     "densekit test configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth --tta", True),
-    "infer": Command("infer", "segment images, volumes or folders of either",
+    "infer": Command("infer", "segment images, volumes or folders of either; draw RPN proposals",
                      "densekit infer configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ "
                      "--out-dir preds", True),
-    "convert": Command("convert", "convert official/timm/mmseg/HF checkpoints to densekit",
+    "convert": Command("convert", "convert official/timm/mmseg/mmdet/HF/torchvision checkpoints to densekit",
                        "densekit convert swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify", False),
     "benchmark": Command("benchmark", "time densekit against peer implementations",
                          "densekit benchmark --suite swin_t_backbone --size 512 512 --runs 7", False),
@@ -41,9 +41,11 @@ COMMANDS: dict[str, Command] = {
                       "--dynamic", True),
     "demo": Command("demo", "quickstart: train UPerNet + Swin-T on generated data on the CPU",
                     "densekit demo --iters 100 --work-dir /tmp/demo", True),
-    "plot": Command("plot", "plot training curves of a run", "densekit plot --help", True),
+    "plot": Command("plot", "plot training curves (and per-class IoU) of a run", "densekit plot work_dirs/demo",
+                    True),
     "visualize-attention": Command("visualize_attention", "draw Swin window-attention maps for an image",
-                                   "densekit visualize-attention --help", True),
+                                   "densekit visualize-attention configs/upernet_swin_t_demo.py "
+                                   "work_dirs/demo/iter_200.pth photo.png --stage 2 --block 1 --out attn.png", True),
 }
 
 

@@ -17,6 +17,7 @@ import torch
 
 from densekit import (
     bench_upernet,  # noqa: F401  (registers the upernet_swin_t suite)
+    bench_volume,  # noqa: F401  (registers the swin_unet_volume suite)
     benchmark,
 )
 
