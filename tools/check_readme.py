@@ -4,17 +4,20 @@
     python tools/check_readme.py --list           # only print the commands it would run
     python tools/check_readme.py --keep /tmp/rc   # keep the clone for a look afterwards
 
-Commands are the lines of the README's ```bash blocks (backslash continuations joined, ``#`` comments
-dropped), run one after the other with ``bash -e`` in a fresh ``git clone`` of this repository's HEAD, with
-``../shared`` linked beside the clone when this checkout has one. Later commands use what earlier ones
-wrote (the demo's checkpoint, converted files), exactly as for a reader going top to bottom.
+Every ```bash block of the README runs as one ``bash -e`` script and every ```python block with the clone's
+``.venv/bin/python``, one block after the other, in a fresh ``git clone`` of this repository's HEAD, with
+``../shared`` linked beside the clone when this checkout has one. Later blocks use what earlier ones wrote
+(the venv, the demo's checkpoint, converted files), exactly as for a reader going top to bottom. Blocks
+fenced as ```text (a Slurm cluster's commands) are shown, not run.
 
 Full datasets are downloads a fresh machine does not have, so before the first command the clone gets
 *stand-in* datasets in the layouts the README documents (ADE20K, COCO, Synapse: a few generated images or
 volumes each, see ``write_standin_datasets``). A command passes when it exits with status 0. The recipes for
 those datasets train for days: a command still running after ``--budget`` seconds passes if its output
-shows training progress (mmengine's ``Iter(train)`` / ``Epoch(train)`` log lines), and is then stopped;
-a ``tools/train.py`` command on a config that reads stand-in data is stopped as soon as it shows progress.
+shows that it trains, and is then stopped: a block that is one training command on stand-in data is stopped
+``--grace`` seconds after mmengine starts its training loop (its "Checkpoints will be saved to" line, printed
+after the model, data and optimizer are built) or at its first training log line, and passes if it is still
+running or exited 0 by then.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRESS = re.compile(r"(Iter|Epoch)\(train\)")
+STARTED = re.compile(r"Checkpoints will be saved to")
 STANDIN_ROOTS = ("data/ade/", "data/coco/", "data/Synapse")
 
 
@@ -51,15 +55,15 @@ def strip_comment(line: str) -> str:
     return line.rstrip()
 
 
-def readme_commands(readme: Path) -> list[str]:
-    """The commands of ``readme``'s ```bash blocks, in order."""
-    commands: list[str] = []
-    for block in re.findall(r"^```bash\n(.*?)^```", readme.read_text(), re.S | re.M):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-            line = strip_comment(line).strip()
-            if line:
-                commands.append(line)
-    return commands
+def readme_blocks(readme: Path) -> list[tuple[str, str]]:
+    """``(language, code)`` of ``readme``'s ```bash and ```python blocks, in order."""
+    return re.findall(r"^```(bash|python)\n(.*?)^```", readme.read_text(), re.S | re.M)
+
+
+def block_commands(code: str) -> list[str]:
+    """The commands of a bash block, one a line (continuations joined, comments dropped), for listing."""
+    lines = (strip_comment(line).strip() for line in re.sub(r"\\\n\s*", " ", code).splitlines())
+    return [line for line in lines if line]
 
 
 # ------------------------------------------------------------------------------------------- stand-in data
@@ -121,36 +125,50 @@ def write_standin_datasets(clone: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- running
-def trains_on_standin_data(command: str, cwd: Path) -> bool:
-    """Whether ``command`` is ``tools/train.py`` on a config whose data root is one of the stand-ins."""
-    match = re.search(r"tools/train\.py\s+(configs/\S+\.py)", command)
-    if not match or not (cwd / match[1]).is_file():
+def trains_on_standin_data(code: str, cwd: Path) -> bool:
+    """Whether a block is one training command (``train.py``, ``dist_train.sh``) on a config whose data root is
+    a stand-in: a block that goes on to use what it trained must run to its end."""
+    if len(block_commands(code)) != 1:
         return False
-    text = (cwd / match[1]).read_text()
-    base = re.search(r"_base_\s*=\s*[\"'](\S+)[\"']", text)
-    if base and (cwd / "configs" / base[1]).is_file():
-        text += (cwd / "configs" / base[1]).read_text()
-    return any(root in text for root in STANDIN_ROOTS)
+    for match in re.finditer(r"(?:train\.py|dist_train\.sh|densekit train)\s+(configs/\S+\.py)", code):
+        if not (cwd / match[1]).is_file():
+            continue
+        text = (cwd / match[1]).read_text()
+        base = re.search(r"_base_\s*=\s*[\"'](\S+)[\"']", text)
+        if base and (cwd / "configs" / base[1]).is_file():
+            text += (cwd / "configs" / base[1]).read_text()
+        if any(root in text for root in STANDIN_ROOTS):
+            return True
+    return False
 
 
-def run_command(command: str, cwd: Path, budget: float, log: Path) -> tuple[str, float]:
-    """``('ok' | 'trains' | 'FAILED (exit N)' | 'FAILED (no progress after budget)', seconds)``."""
+def run_block(language: str, code: str, cwd: Path, budget: float, grace: float, log: Path) -> tuple[str, float]:
+    """``('ok' | 'trains' | 'FAILED (...)', seconds)`` of one README block run in ``cwd``."""
     start = time.perf_counter()
-    stop_early = trains_on_standin_data(command, cwd)
+    stop_early = trains_on_standin_data(code, cwd)
+    command = ["bash", "-e", "-c", code] if language == "bash" else [str(cwd / ".venv/bin/python"), "-c", code]
+    started = None
     with open(log, "w") as out:
-        process = subprocess.Popen(["bash", "-e", "-c", command], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         while process.poll() is None and time.perf_counter() - start < budget:
             time.sleep(2)
-            if stop_early and PROGRESS.search(log.read_text(errors="replace")):
+            if not stop_early:
+                continue
+            text = log.read_text(errors="replace")
+            if PROGRESS.search(text):
+                break
+            if started is None and STARTED.search(text):
+                started = time.perf_counter()
+            if started is not None and time.perf_counter() - started > grace:
                 break
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            trained = PROGRESS.search(log.read_text(errors="replace"))
-            return ("trains" if trained else "FAILED (no progress after budget)"), time.perf_counter() - start
-    code = process.returncode
-    return ("ok" if code == 0 else f"FAILED (exit {code})"), time.perf_counter() - start
+            text = log.read_text(errors="replace")
+            trained = PROGRESS.search(text) or (stop_early and STARTED.search(text))
+            return ("trains" if trained else "FAILED (no progress within the budget)"), time.perf_counter() - start
+    code_ = process.returncode
+    return ("ok" if code_ == 0 else f"FAILED (exit {code_})"), time.perf_counter() - start
 
 
 def fresh_clone(target: Path) -> Path:
@@ -166,26 +184,31 @@ def fresh_clone(target: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds per command before it is stopped")
+    parser.add_argument("--budget", type=float, default=1800.0, help="seconds per block before it is stopped")
+    parser.add_argument("--grace", type=float, default=120.0,
+                        help="seconds a stand-in training block runs after its training loop starts")
     parser.add_argument("--keep", type=Path, help="clone into this folder and keep it")
     parser.add_argument("--list", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
-    commands = readme_commands(args.readme)
+    blocks = readme_blocks(args.readme)
     if args.list:
-        print("\n".join(commands))
+        for index, (language, code) in enumerate(blocks):
+            lines = block_commands(code) if language == "bash" else [f"<python, {len(code.splitlines())} lines>"]
+            print(f"[{index + 1}] " + "\n    ".join(lines))
         return 0
     target = args.keep or Path(tempfile.mkdtemp(prefix="readme-check-"))
     target.mkdir(parents=True, exist_ok=True)
     clone = fresh_clone(target)
     write_standin_datasets(clone)
     results = []
-    for index, command in enumerate(commands):
-        status, seconds = run_command(command, clone, args.budget, target / f"command_{index:02d}.log")
-        results.append((status, seconds, command))
-        print(f"[{index + 1}/{len(commands)}] {status:<8} {seconds:7.1f} s  {command}", flush=True)
-    failed = [r for r in results if r[0].startswith("FAILED")]
-    print(f"\n{len(results) - len(failed)}/{len(results)} README commands ran as written "
-          f"(logs in {target}/command_NN.log)")
+    for index, (language, code) in enumerate(blocks):
+        log = target / f"block_{index + 1:02d}.log"
+        status, seconds = run_block(language, code, clone, args.budget, args.grace, log)
+        results.append(status)
+        first = (block_commands(code) or ["python"])[0] if language == "bash" else "<python block>"
+        print(f"[{index + 1}/{len(blocks)}] {status:<8} {seconds:7.1f} s  {first}", flush=True)
+    failed = [status for status in results if status.startswith("FAILED")]
+    print(f"\n{len(results) - len(failed)}/{len(results)} README blocks ran as written (logs: {target}/block_NN.log)")
     if not args.keep and not failed:
         shutil.rmtree(target, ignore_errors=True)
     return 1 if failed else 0
