@@ -7,6 +7,7 @@ error (a file that does not parse, a ``type`` no registry knows, a ``ConfigError
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Iterator
 
@@ -16,6 +17,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectory
 
 class ConfigError(ValueError):
     """A config that cannot work (a wrong key, a missing section), said in one sentence."""
+
+
+def add_unsafe_load_argument(parser: argparse.ArgumentParser) -> None:
+    """``--unsafe-load``: the explicit opt-in to full unpickling that safe loading's refusals point to."""
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
+
+
+def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--launcher`` (mmengine's) and the ``--local-rank`` torch.distributed.launch passes."""
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
 def _is_config_error(error: BaseException) -> bool:

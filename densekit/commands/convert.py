@@ -26,6 +26,7 @@ import argparse
 import sys
 
 from densekit.apis import DictAction
+from densekit.cli import add_unsafe_load_argument
 from densekit.convert import BIAS_RESIZE, CheckpointError, convert_file
 from densekit.convert.segmentor import convert_segmentor_file
 from densekit.convert.verify import VerifyUnsupported, verify_conversion
@@ -45,8 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window-size", type=int, help="window of the new model (bias tables are resized)")
     parser.add_argument("--in-chans", type=int, help="input channels of the new model (patch kernel adapted)")
     parser.add_argument("--bias-resize", choices=BIAS_RESIZE, default="bicubic", help="bias-table interpolation")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
+    add_unsafe_load_argument(parser)
     parser.add_argument("--verify", action="store_true", help=f"compare with timm's Swin (tolerance {TOLERANCE:g})")
     args = parser.parse_args(argv)
     backbone_only = [f"--{name.replace('_', '-')}" for name in ("window_size", "in_chans", "verify")

@@ -21,7 +21,7 @@ import cv2
 from tqdm import tqdm
 
 from densekit.apis import inference_model, init_model
-from densekit.cli import run_tool
+from densekit.cli import add_unsafe_load_argument, run_tool
 from densekit.convert import save_atomically
 from densekit.medical_inference import is_volume_file, segment_volume_files
 from densekit.visualization import default_palette, draw_proposals, overlay, write_image
@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
     parser.add_argument("--top-k", type=int, default=20, help="RPN configs: proposals drawn per image")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
+    add_unsafe_load_argument(parser)
     args = parser.parse_args(argv)
     model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load)
     if model.cfg.model.get("type") == "RPN":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from densekit.apis import DictAction, load_config, test
-from densekit.cli import check_datasets, run_tool
+from densekit.cli import add_launcher_arguments, add_unsafe_load_argument, check_datasets, run_tool
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,10 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocol", choices=["densekit", "swin-unet"],
                         help="medical configs: 'swin-unet' reproduces the official table (HD95 in voxels)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_unsafe_load_argument(parser)
+    add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("test_dataloader",))  # fail before building the model

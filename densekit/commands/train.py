@@ -15,7 +15,7 @@ import time
 from mmengine.dist import is_main_process
 
 from densekit.apis import DictAction, load_config, train
-from densekit.cli import check_datasets, run_tool
+from densekit.cli import add_launcher_arguments, add_unsafe_load_argument, check_datasets, run_tool
 from densekit.run_summary import train_summary
 
 
@@ -29,10 +29,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="deterministic algorithms and seeding (randomness.deterministic=True)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper, GPU)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
-    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    parser.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    add_unsafe_load_argument(parser)
+    add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model

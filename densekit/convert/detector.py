@@ -3,12 +3,12 @@
 ``load_detector_checkpoint(model, path)`` is what ``densekit.apis.init_model`` and
 ``tools/convert.py SRC DST --config configs/rpn_*.py`` load RPN checkpoints with::
 
-    read_segmentor_checkpoint(path)     any checkpoint file -> (state dict, dataset_meta), 'module.' removed
+    read_whole_checkpoint(path)         any checkpoint file -> (state dict, dataset_meta), 'module.' removed
     detect_detector_layout(sd)          'torchvision' | 'mmdet' | 'densekit'
     convert_detector_state_dict(...)    torchvision: TORCHVISION_RULES; mmdet: the backbone part as
                                         ``convert.segmentor`` converts mmseg backbones (a timm backbone's
                                         keys gain ``model.``), neck and head as they are
-    fit_segmentor_state_dict(...)       strict, the same checks and explanations as for segmentors
+    convert_and_load(...)               strict (fit_segmentor_state_dict), as for segmentors
 
 Layouts (the neck and head names of densekit are mmdetection 3.x's):
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from . import detect_layout
 from .common import CheckpointError, Rule, StateDict, apply_rules
-from .segmentor import SegmentorReport, _convert_backbone, _unwrap, fit_segmentor_state_dict, read_segmentor_checkpoint
+from .segmentor import SegmentorReport, _convert_backbone, convert_and_load, read_whole_checkpoint
 
 DETECTOR_LAYOUTS = ("torchvision", "mmdet", "densekit")
 
@@ -135,21 +135,8 @@ def load_detector_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | M
         FileNotFoundError, CheckpointError: unreadable file, not an RPN checkpoint, or keys that do not fit
             the config's model (named, with a hint where the cause is known).
     """
-    if isinstance(checkpoint, Mapping):
-        from .segmentor import _dataset_meta
-
-        state_dict, meta = _unwrap(checkpoint), _dataset_meta(checkpoint.get("meta"))
-    else:
-        source = source or str(checkpoint)
-        state_dict, meta = read_segmentor_checkpoint(checkpoint, unsafe_load)
-    try:
-        converted, report = convert_detector_state_dict(state_dict, model)
-        weights = fit_segmentor_state_dict(converted, model, report, bias_resize)
-    except CheckpointError as error:
-        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
-    model.load_state_dict(weights, strict=False)  # strictness was checked above, with explanations
-    report.source, report.loaded, report.dataset_meta = source, len(weights), meta
-    return report
+    state_dict, meta, source = read_whole_checkpoint(checkpoint, source, unsafe_load)
+    return convert_and_load(model, state_dict, convert_detector_state_dict, source, meta, bias_resize)
 
 
 __all__ = ["DETECTOR_LAYOUTS", "TORCHVISION_RULES", "convert_detector_state_dict", "detect_detector_layout",

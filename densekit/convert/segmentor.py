@@ -381,11 +381,7 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
         FileNotFoundError, CheckpointError: unreadable file, unknown layout, or a checkpoint that does
             not fit (see ``fit_segmentor_state_dict``); messages name the file and keys.
     """
-    if isinstance(checkpoint, Mapping):
-        state_dict, meta = _unwrap(checkpoint), _dataset_meta(checkpoint.get("meta"))
-    else:
-        source = source or str(checkpoint)
-        state_dict, meta = read_segmentor_checkpoint(checkpoint, unsafe_load)
+    state_dict, meta, source = read_whole_checkpoint(checkpoint, source, unsafe_load)
     from .swin_unet import detect_swin_unet_layout, load_swin_unet_checkpoint, strip_prefixes
 
     if detect_swin_unet_layout(strip_prefixes(state_dict)) == "official":
@@ -393,8 +389,24 @@ def load_segmentor_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
         swin_unet_report = load_swin_unet_checkpoint(model, {"state_dict": state_dict}, bias_resize, verbose=False)
         swin_unet_report.dataset_meta = meta
         return swin_unet_report
+    return convert_and_load(model, state_dict, convert_segmentor_state_dict, source, meta, bias_resize)
+
+
+def read_whole_checkpoint(checkpoint: str | os.PathLike | Mapping, source: str = "", unsafe_load: bool = False
+                          ) -> tuple[StateDict, dict, str]:
+    """``(state dict, dataset_meta, source)`` of a whole-model checkpoint given as a path or already in memory."""
+    if isinstance(checkpoint, Mapping):
+        return _unwrap(checkpoint), _dataset_meta(checkpoint.get("meta")), source
+    state_dict, meta = read_segmentor_checkpoint(checkpoint, unsafe_load)
+    return state_dict, meta, source or str(checkpoint)
+
+
+def convert_and_load(model: nn.Module, state_dict: StateDict, convert, source: str, meta: dict,
+                     bias_resize: str = "bicubic") -> SegmentorReport:
+    """``convert(state_dict, model) -> (converted, report)``, checked strictly against ``model``
+    (``fit_segmentor_state_dict``) and loaded; errors are prefixed with ``source``."""
     try:
-        converted, report = convert_segmentor_state_dict(state_dict, model)
+        converted, report = convert(state_dict, model)
         weights = fit_segmentor_state_dict(converted, model, report, bias_resize)
     except CheckpointError as error:
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
