@@ -80,8 +80,8 @@ def _checkpoint_source(cfg: Config) -> str:
 
 def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
                  launcher: str = "none", deterministic: bool = False):
-    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` added
-    to ``custom_hooks`` (unless the config lists it already).
+    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` (and,
+    without CUDA, ``CpuMemoryHook``) added to ``custom_hooks`` unless the config lists them already.
 
     ``deterministic`` sets ``randomness.deterministic`` (mmengine then calls
     ``torch.use_deterministic_algorithms(True)`` and turns cuDNN benchmarking off), so a run repeats bit for bit
@@ -95,7 +95,10 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
     names = [str(h.get("type", "")) if isinstance(h, dict) else type(h).__name__ for h in hooks]
     if not any(name.split(".")[-1] == "NonFiniteLossHook" for name in names):
         # Every run stops at the first NaN/Inf loss before a checkpoint of the broken state is written.
-        cfg.custom_hooks = [*hooks, dict(type="NonFiniteLossHook")]
+        hooks.append(dict(type="NonFiniteLossHook"))
+    if not torch.cuda.is_available() and not any(name.split(".")[-1] == "CpuMemoryHook" for name in names):
+        hooks.append(dict(type="CpuMemoryHook"))  # mmengine logs memory on CUDA only
+    cfg.custom_hooks = hooks
     if resume:
         cfg.resume = True
     if deterministic:

@@ -1,5 +1,5 @@
-"""mmengine hooks densekit adds: stop at the first non-finite loss, crash-safe checkpoints, colour overlays of
-test predictions, proposals drawn on test images."""
+"""mmengine hooks densekit adds: stop at the first non-finite loss, process memory in CPU training logs,
+crash-safe checkpoints, colour overlays of test predictions, proposals drawn on test images."""
 from __future__ import annotations
 
 import math
@@ -61,6 +61,30 @@ class NonFiniteLossHook(Hook):
             "(optim_wrapper.clip_grad), or a bad batch"
             + (f" (images: {', '.join(images[:4])}{' ...' if len(images) > 4 else ''})" if images else "")
         )
+
+
+def resident_memory_mb() -> float:
+    """This process's resident set size in MiB (``/proc/self/statm``; 0 where there is no /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+@HOOKS.register_module()
+class CpuMemoryHook(Hook):
+    """Put the process's resident memory (MiB) into every training log line as ``rss_mb``.
+
+    mmengine's logger reports memory only on CUDA (``memory``, the allocator's peak); on the CPU the resident
+    set is what grows when something leaks or a batch is too large. ``densekit.apis.build_runner`` adds this
+    hook to runs without CUDA.
+    """
+
+    priority = "LOW"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        runner.message_hub.update_scalar("train/rss_mb", round(resident_memory_mb()))
 
 
 @HOOKS.register_module()

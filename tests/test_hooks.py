@@ -48,7 +48,8 @@ def _config(nan_at: int) -> Config:
                               sampler=dict(type="InfiniteSampler", shuffle=False)),
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=8),
         optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2)),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2),
+                           logger=dict(type="LoggerHook", interval=2)),
         log_level="WARNING",
     ))
 
@@ -58,6 +59,16 @@ def test_build_runner_adds_the_hook_once(tmp_path):
     names = [type(h).__name__ for h in runner.hooks]
     assert names.count("NonFiniteLossHook") == 1
     assert names.index("NonFiniteLossHook") < names.index("CheckpointHook")  # checks before anything is saved
+
+
+def test_cpu_training_logs_show_resident_memory(tmp_path):
+    runner = train(_config(nan_at=100), work_dir=str(tmp_path))
+    if torch.cuda.is_available():
+        pytest.skip("CpuMemoryHook is added to runs without CUDA")
+    rss = runner.message_hub.get_scalar("train/rss_mb").current()
+    assert 50 < rss < 64 * 1024  # MiB: a Python process with torch loaded, far from absurd
+    logged = "\n".join(p.read_text() for p in tmp_path.rglob("scalars.json"))  # what the log line printed
+    assert '"rss_mb":' in logged
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
