@@ -16,7 +16,7 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 
 from .registry import HOOKS
-from .visualization import default_palette, draw_proposals, overlay, write_image
+from .visualization import default_palette, draw_proposals, labelled_overlay, write_image
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,7 +89,8 @@ class CpuMemoryHook(Hook):
 
 @HOOKS.register_module()
 class SegOverlayHook(Hook):
-    """After each test iteration, write ``<out_dir>/<image stem>.png``: the prediction over the image.
+    """After each test iteration, write ``<out_dir>/<image stem>.png``: the prediction over the image, with a
+    legend of the classes it shows.
 
     Args:
         out_dir: folder for the overlays.
@@ -106,7 +107,8 @@ class SegOverlayHook(Hook):
             pred = sample.pred_sem_seg.data[0].cpu().numpy()
             palette = meta.get("palette") or default_palette(max(len(meta.get("classes", [])), int(pred.max()) + 1))
             image = cv2.imread(sample.img_path)
-            write_image(self.out_dir / f"{Path(sample.img_path).stem}.png", overlay(image, pred, palette, self.alpha))
+            picture = labelled_overlay(image, pred, palette, meta.get("classes", ()), self.alpha)
+            write_image(self.out_dir / f"{Path(sample.img_path).stem}.png", picture)
 
 
 @HOOKS.register_module()

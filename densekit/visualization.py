@@ -88,6 +88,18 @@ def legend(class_names: Sequence[str], palette: Sequence[Sequence[int]], width: 
     return strip
 
 
+def labelled_overlay(image: np.ndarray, label: np.ndarray, palette: Sequence[Sequence[int]],
+                     class_names: Sequence[str] = (), alpha: float = 0.5) -> np.ndarray:
+    """``overlay`` with a legend strip below naming the classes present in ``label`` in their colours
+    (ids without a name are listed as ``class <id>``). Returns BGR uint8 ``(H [+ legend], W, 3)``."""
+    picture = overlay(image, label, palette, alpha)
+    present = [int(k) for k in np.unique(label) if k != 255 and k < len(palette)]
+    if not present:
+        return picture
+    names = [class_names[k] if k < len(class_names) else f"class {k}" for k in present]
+    return np.concatenate([picture, legend(names, [palette[k] for k in present], picture.shape[1])], axis=0)
+
+
 def comparison_panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, palette: Sequence[Sequence[int]],
                      class_names: Sequence[str] = (), alpha: float = 0.6) -> np.ndarray:
     """``image | ground truth | prediction`` side by side, labels in class colours, plus a legend.

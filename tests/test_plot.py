@@ -80,3 +80,21 @@ def test_per_class_iou_chart_handles_absent_classes(tmp_path):
     assert blue.sum() > 1.5 * red.sum() > 0  # IoU 1.0 draws a bar twice as long as IoU 0.5
     with pytest.raises(ValueError, match="3 class names but 2 IoU values"):
         plot_per_class_iou(["a", "b", "c"], [0.5, 1.0], tmp_path / "x.png")
+
+
+def test_labelled_overlay_adds_a_legend_of_the_classes_present():
+    import numpy as np
+
+    from densekit.visualization import labelled_overlay
+
+    image = np.zeros((40, 300, 3), np.uint8)
+    label = np.zeros((40, 300), np.uint8)
+    label[:, 150:] = 2
+    label[0, 0] = 255  # ignored pixels get no legend entry
+    palette = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
+    picture = labelled_overlay(image, label, palette, ["sky", "road", "car"])
+    assert picture.shape == (40 + 22, 300, 3)  # two names fit one 22-pixel legend row
+    legend = picture[40:]
+    assert (legend == [255, 0, 0]).all(-1).any()  # car's swatch, BGR
+    assert not (legend == [0, 255, 0]).all(-1).any()  # road is absent from the label map
+    assert labelled_overlay(image, np.full((40, 300), 255, np.uint8), palette).shape == (40, 300, 3)

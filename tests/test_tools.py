@@ -186,4 +186,5 @@ def test_test_tta_overlays_and_infer_on_images(tmp_path):
     for image in images.glob("*.jpg"):
         mask = cv2.imread(str(preds / f"{image.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (64, 80) and mask.max() < 6
-        assert (preds / f"{image.stem}_overlay.png").is_file()
+        overlay = cv2.imread(str(preds / f"{image.stem}_overlay.png"))
+        assert overlay.shape[0] > 64 and overlay.shape[1:] == (80, 3)  # the image, then its legend strip

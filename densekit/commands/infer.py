@@ -1,6 +1,7 @@
 """Segment images, volumes or folders of either; or propose regions with an RPN config.
 
-Images: ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` per image. RPN configs: ``<stem>_proposals.png``
+Images: ``<stem>_mask.png`` (class ids) and ``<stem>_overlay.png`` (with a legend of the classes) per image.
+RPN configs: ``<stem>_proposals.png``
 (the ``--top-k`` best proposals drawn, coloured by score) and ``<stem>_proposals.json`` (every proposal: ``boxes``
 xyxy in image pixels and ``scores``, best first). Volumes (``.nii``, ``.nii.gz``,
 ``.npy.h5``; medical configs): ``<name>_pred.nii.gz`` with the source affine (``_pred.h5`` for h5 input) and
@@ -24,7 +25,7 @@ from densekit.apis import inference_model, init_model
 from densekit.cli import add_unsafe_load_argument, run_tool
 from densekit.convert import save_atomically
 from densekit.medical_inference import is_volume_file, segment_volume_files
-from densekit.visualization import default_palette, draw_proposals, overlay, write_image
+from densekit.visualization import default_palette, draw_proposals, labelled_overlay, write_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         pred = inference_model(model, image).pred_sem_seg.data[0].cpu().numpy()
         palette = model.dataset_meta.get("palette") or default_palette(max(len(classes), int(pred.max()) + 1))
         write_image(out_dir / f"{path.stem}_mask.png", pred.astype("uint8"))
-        write_image(out_dir / f"{path.stem}_overlay.png", overlay(image, pred, palette))
+        write_image(out_dir / f"{path.stem}_overlay.png", labelled_overlay(image, pred, palette, classes))
 
 
 if __name__ == "__main__":
