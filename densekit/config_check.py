@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from mmengine.registry import Registry
 from torch.utils.data import DataLoader
 
+from .cli import ConfigError  # the tools print it as one line (densekit.cli.run_tool)
+
 # mmengine.runner.Runner.from_cfg's keys, plus the pipelines and TTA keys mmseg-style configs define.
 TOP_LEVEL_KEYS = frozenset({
     "model", "work_dir", "train_dataloader", "val_dataloader", "test_dataloader", "train_cfg", "val_cfg",
@@ -36,8 +38,6 @@ _DATALOADER_EXTRA = frozenset({"dataset", "sampler", "batch_sampler", "collate_f
 _PARENT_KEYS = frozenset({"loss_decode"})
 
 
-class ConfigError(ValueError):
-    """A config key that does not exist; the message names it and the nearest valid key."""
 
 
 def _suggest(key: str, valid: Iterable[str]) -> str:

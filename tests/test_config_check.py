@@ -1,6 +1,8 @@
 """Misspelt config keys are named with the nearest valid key, before anything is built."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,12 @@ def test_misspelt_top_level_key(tmp_path):
         load_config(str(config))
     config.write_text(text.replace("param_schedular =", "my_helper_value ="))  # helper variables are fine
     assert load_config(str(config)).my_helper_value
+
+
+
+def test_the_tools_print_a_misspelt_key_as_one_line_and_exit_1():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), DEMO, "--cfg-options",
+                             "train_dataloader.batch_sise=2"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: config key train_dataloader.batch_sise") and "'batch_size'" in result.stderr
+    assert "Traceback" not in result.stderr
