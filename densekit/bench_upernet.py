@@ -22,8 +22,11 @@ from .benchmark import (
     SuiteResult,
     _ms,
     compare,
+    gemm_rate,
     inference_case,
     max_abs_diff,
+    model_flops,
+    peak_rss_above_resident,
     register_suite,
     results_table,
 )
@@ -31,6 +34,7 @@ from .structures import SegDataSample
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "upernet_swin_t_ade.py"
 NUM_CLASSES = 150
+BF16 = "densekit bf16 autocast"
 
 
 def build_upernet_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -87,6 +91,19 @@ def _train_steps(ours: nn.Module, hf: nn.Module, x: torch.Tensor, labels: torch.
     return {"densekit": densekit, "HF transformers": huggingface}
 
 
+def train_step(impl: str, height: int, width: int, batch: int = 2, seed: int = 0) -> Callable[[], None]:
+    """One training step of ``impl`` (``'densekit'`` or ``'HF transformers'``) alone, for measuring its peak
+    memory in a process of its own (``peak_rss_above_resident``)."""
+    ours, hf = build_upernet_pair(seed)
+    ours.train(), hf.train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, height, width, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (batch, height, width), generator=gen)
+    # The other model stays resident (weights only: AdamW makes its state at the first step), which the
+    # measurement subtracts.
+    return _train_steps(ours, hf, x, labels)[impl]
+
+
 @register_suite
 def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     """UPerNet-Swin-T inference and training step, densekit against HF transformers on identical weights."""
@@ -96,11 +113,21 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     ours, hf = ours.to(dev).eval(), hf.to(dev).eval()
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
-    infer = {n: inference_case(f, config.mode, dev) for n, f in _inference(ours, hf, x).items()}
-    diff = max_abs_diff(infer["densekit"](), infer["HF transformers"]())
+    forwards = _inference(ours, hf, x)
+    infer = {n: inference_case(f, config.mode, dev) for n, f in forwards.items()}
+    ours_logits = infer["densekit"]()
+    diff = max_abs_diff(ours_logits, infer["HF transformers"]())
     if config.mode == "fp32" and diff > AGREEMENT_TOL:
         raise AssertionError(f"UPerNet logits disagree with HF beyond {AGREEMENT_TOL}: {diff:.2e}")
+    same_labels = None
+    if config.mode == "fp32":  # bf16 autocast against HF's fp32 time, and against densekit's fp32 labels
+        infer[BF16] = inference_case(forwards["densekit"], "bf16", dev)
+        same_labels = float((infer[BF16]()[0].argmax(1) == ours_logits[0].argmax(1)).float().mean())
     infer_stats = compare(infer, config.warmup, config.runs, dev)
+    with torch.inference_mode():
+        flops = model_flops(forwards["densekit"])
+    rate = gemm_rate(device=dev)
+    achieved = flops / infer_stats["densekit"].median
 
     ours.train(), hf.train()
     # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
@@ -118,13 +145,27 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
 
     train = {n: with_autocast(f) for n, f in _train_steps(ours, hf, xt, labels).items()}
     train_stats = compare(train, max(1, config.warmup), config.runs, dev)
+    peak = {}
+    if dev == "cpu" and config.peak_rss and config.mode == "fp32":
+        for name in train:
+            peak[name] = peak_rss_above_resident(__name__, "train_step", dict(impl=name, height=h, width=w,
+                                                                             batch=train_batch, seed=config.seed))
 
+    peak_ratio = peak["densekit"] / peak["HF transformers"] if len(peak) == 2 else None
     size = f"{h}x{w}"
     title = f"UPerNet-Swin-T, {size}, batch {config.batch}, {config.mode}, {dev}"
-    infer_table = results_table(infer_stats, "HF transformers", {n: [f"{diff:.1e}" if n == "densekit" else "0"]
-                                                                 for n in infer_stats},
-                                [f"max abs diff of logits vs HF ({config.mode})"])
-    train_table = results_table(train_stats, "HF transformers")
+    peak_text = (f", peak memory of a training step **{peak_ratio:.2f}x** HF's (each measured in a process of its "
+                 "own: `VmHWM` after resetting it, minus the resident set before the step)") if peak_ratio else ""
+    bf16_text = (f" `{BF16}` is densekit under `torch.autocast('{dev}', dtype=torch.bfloat16)` timed in the same "
+                 f"rounds: **{infer_stats[BF16].median / infer_stats['HF transformers'].median:.2f}x** HF's fp32 "
+                 f"time, {100 * same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in infer_stats else ""
+    infer_diffs = {n: [f"{diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
+                       f"{100 * same_labels:.2f}%" if n == BF16 else "-"] for n in infer_stats}
+    infer_table = results_table(infer_stats, "HF transformers", infer_diffs,
+                                [f"max abs diff of logits vs HF ({config.mode})", "pixels with densekit fp32's label"])
+    train_table = results_table(train_stats, "HF transformers",
+                                {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-"] for n in train_stats},
+                                ["peak RSS above resident, MiB (own process)"])
     ratio_i = infer_stats["densekit"].median / infer_stats["HF transformers"].median
     ratio_t = train_stats["densekit"].median / train_stats["HF transformers"].median
     markdown = f"""
@@ -147,8 +188,14 @@ Training step (batch {train_batch}: BatchNorm needs two images at the 1x1 poolin
 
 densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(infer_stats['densekit'].median)} ms vs
 {_ms(infer_stats['HF transformers'].median)} ms), training step **{ratio_t:.2f}x**
-({_ms(train_stats['densekit'].median)} ms vs {_ms(train_stats['HF transformers'].median)} ms).
+({_ms(train_stats['densekit'].median)} ms vs {_ms(train_stats['HF transformers'].median)} ms){peak_text}.
+
+Compute rate: densekit's forward is {flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
+convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / rate:.0%}** of
+this machine's fp32 matmul rate measured in the same run
+({rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}
 """
     return SuiteResult("upernet_swin_t", title, {**{f"infer {k}": v for k, v in infer_stats.items()},
                                                  **{f"train {k}": v for k, v in train_stats.items()}},
-                       markdown, extra={"max_abs_diff": diff})
+                       markdown, extra={"max_abs_diff": diff, "gflops": flops / 1e9, "gemm_gflops": rate / 1e9,
+                                        "same_labels_bf16": same_labels, "peak_rss": peak})

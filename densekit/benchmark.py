@@ -115,6 +115,57 @@ def compare(
     return {name: Stats(times[name], peak_memory(cases[name], device)) for name in names}
 
 
+def gemm_rate(size: int = 2048, runs: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matmul rate in FLOP/s: median time of a ``size x size`` matmul (``2 size^3`` FLOPs)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / statistics.median(time_fn(lambda: a @ b, warmup=2, runs=runs, device=device))
+
+
+def model_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter`` counts them (2 per multiply-add of matmuls
+    and convolutions; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+_PEAK_RSS_SCRIPT = """
+import importlib, json, sys
+def rss_kb(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1])
+module, name, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+step = getattr(importlib.import_module(module), name)(**args)  # builds the model and inputs, returns one step
+step()  # warm-up: allocator pools, lazily built caches
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # reset the peak (VmHWM) to the current resident set
+before = rss_kb('VmRSS:')
+step()
+print(json.dumps({'peak_above_resident_kb': rss_kb('VmHWM:') - before}))
+"""
+
+
+def peak_rss_above_resident(module: str, factory: str, kwargs: dict, threads: int | None = None) -> int:
+    """Peak resident memory (bytes) one call of a step needs above what is resident before it, measured in a
+    separate process (on the CPU no allocator tracks peaks, and processes do not share pools): the process
+    builds the step with ``module.factory(**kwargs)``, runs it once to warm up, resets the kernel's peak-RSS
+    counter (``/proc/self/clear_refs``), runs it again and reports ``VmHWM - VmRSS`` (Linux)."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or torch.get_num_threads()))
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, module, factory, json.dumps(kwargs)],
+                            capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-RSS process for {module}.{factory} failed:\n{result.stderr[-2000:]}")
+    return 1024 * json.loads(result.stdout.strip().splitlines()[-1])["peak_above_resident_kb"]
+
+
 # --------------------------------------------------------------------------- machine info
 
 
@@ -246,6 +297,7 @@ class BenchConfig:
     mode: str = "fp32"
     device: str = "cpu"
     seed: int = 0
+    peak_rss: bool = True  # CPU training steps: peak RSS in separate processes (a minute or two per model)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -97,7 +97,30 @@ def test_upernet_suite_smoke():
     pytest.importorskip("transformers")
     from densekit import bench_upernet  # noqa: F401  (registers the suite)
 
-    result = benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(256, 256), runs=1, warmup=0))
+    result = benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(256, 256), runs=1, warmup=0,
+                                                                         peak_rss=False))
     assert result.extra["max_abs_diff"] < 1e-4
-    assert set(result.stats) == {"infer densekit", "infer HF transformers", "train densekit", "train HF transformers"}
+    assert set(result.stats) == {"infer densekit", "infer HF transformers", "infer densekit bf16 autocast",
+                                 "train densekit", "train HF transformers"}
+    assert result.extra["same_labels_bf16"] > 0.9 and 0 < result.extra["gflops"] < 1000
     assert "Training step" in result.markdown and all(s.median > 0 for s in result.stats.values())
+
+
+def test_peak_rss_of_a_step_in_its_own_process():
+    """A step that holds a 64 MiB tensor at its peak reports at least that much above the resident set."""
+    peak = benchmark.peak_rss_above_resident("tests.test_benchmark", "_allocating_step", {"mib": 64}, threads=1)
+    assert 60 * 2**20 <= peak < 400 * 2**20
+
+
+def _allocating_step(mib: int):
+    def step() -> None:
+        buffer = torch.ones(mib * 2**18)  # float32: 4 bytes each, touched so it is resident
+        assert float(buffer[-1]) == 1.0
+
+    return step
+
+
+def test_gemm_rate_and_model_flops():
+    assert benchmark.gemm_rate(size=256, runs=2) > 1e8  # FLOP/s
+    linear = torch.nn.Linear(64, 32)
+    assert benchmark.model_flops(lambda: linear(torch.randn(8, 64))) == 2 * 8 * 64 * 32

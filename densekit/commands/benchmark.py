@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     parser.add_argument("--mode", default="fp32", choices=benchmark.MODES, help="bf16 = torch.autocast bfloat16")
     parser.add_argument("--device", default="cpu", choices=benchmark.DEVICES)
+    parser.add_argument("--no-peak-rss", action="store_true",
+                        help="skip the CPU peak-memory measurement of training steps (a process per model)")
     parser.add_argument("--write", action="store_true", help=f"update the suite's section of {DOCS.name}")
     parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -43,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> benchmark.SuiteResult:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = benchmark.BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device)
+    config = benchmark.BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device,
+                                   peak_rss=not args.no_peak_rss)
     command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     load_before, cpu_before = benchmark.load_average(), benchmark.cpu_snapshot()
     result = benchmark.run_suite(args.suite, config)
