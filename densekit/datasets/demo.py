@@ -116,29 +116,41 @@ def _shape_mask(cls: int, rng: np.random.Generator, shape: tuple[int, int], cent
     return mask
 
 
-def make_demo_scene(seed: int, split: int, index: int, size: tuple[int, int] = (256, 256)) -> tuple[np.ndarray,
-                                                                                                   np.ndarray]:
-    """Scene ``index`` of ``split``: ``(image (H, W, 3) uint8 BGR, mask (H, W) uint8)``, mask values
-    0 (boundary, unlabelled) and 1..6 (``DEMO_CLASSES``)."""
+def paint_scene(seed: int, split: int, index: int, size: tuple[int, int] = (256, 256)
+                ) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """The drawing both demo generators share: ``(image (H, W, 3) uint8 BGR, owner (H, W) int32, classes,
+    full_areas)``. ``owner`` is the index of the object a pixel shows (-1: background; later objects paint over
+    earlier ones), ``classes[k]`` object k's class 1..5 and ``full_areas[k]`` its area before occlusion."""
     rng = np.random.default_rng([seed, split, index])
     shape = (int(size[0]), int(size[1]))
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
     image = _background(rng, shape)
-    label = np.zeros(shape, np.uint8)  # object class 1..5, 0 = background
+    owner = np.full(shape, -1, np.int32)
     scale = min(shape) / 256
     num_objects = int(rng.integers(3, 7))
     first = int(rng.integers(5))  # consecutive classes, so every scene shows several
+    classes, full_areas = [], []
     for k in range(num_objects):
         cls = 1 + (first + k) % 5 if k < 5 else int(rng.integers(1, 6))
         obj_size = rng.uniform(18, 48) * scale
         centre = (rng.uniform(0.1, 0.9) * shape[0], rng.uniform(0.1, 0.9) * shape[1])
         inside = _shape_mask(cls, rng, shape, centre, obj_size).astype(bool)
         image[inside] = _texture(cls, rng, yy, xx, centre, obj_size)[inside]
-        label[inside] = cls
+        owner[inside] = k
+        classes.append(cls)
+        full_areas.append(int(inside.sum()))
     image += rng.normal(0, rng.uniform(6, 14), size=image.shape).astype(np.float32)
-    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), owner, classes, full_areas
+
+
+def make_demo_scene(seed: int, split: int, index: int, size: tuple[int, int] = (256, 256)) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """Scene ``index`` of ``split``: ``(image (H, W, 3) uint8 BGR, mask (H, W) uint8)``, mask values
+    0 (boundary, unlabelled) and 1..6 (``DEMO_CLASSES``)."""
+    image, owner, classes, _ = paint_scene(seed, split, index, size)
+    label = np.concatenate([[0], classes]).astype(np.uint8)[owner + 1]  # object class 1..5, 0 = background
     mask = label + 1  # ADE convention: classes 1..6
-    edge = np.zeros(shape, bool)  # both sides of every boundary -> 0
+    edge = np.zeros(label.shape, bool)  # both sides of every boundary -> 0
     edge[:, 1:] |= label[:, 1:] != label[:, :-1]
     edge[:, :-1] |= label[:, 1:] != label[:, :-1]
     edge[1:, :] |= label[1:, :] != label[:-1, :]

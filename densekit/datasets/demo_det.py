@@ -29,7 +29,7 @@ import numpy as np
 
 from ..registry import DATASETS
 from .coco import CocoDataset
-from .demo import DEMO_CLASSES, _background, _shape_mask, _texture, generate_once
+from .demo import DEMO_CLASSES, generate_once, paint_scene
 
 DEMO_DET_CLASSES = DEMO_CLASSES[1:]  # disc, rectangle, triangle, stripes, checker (category ids 1..5)
 MARKER = "densekit_demo_det.json"
@@ -40,27 +40,9 @@ _SPLITS = (("train", 0), ("val", 1))  # the segmentation demo's split ids: train
 def make_demo_det_scene(seed: int, split: int, index: int, size: tuple[int, int] = (256, 256),
                         min_visible: float = 0.3) -> tuple[np.ndarray, list[dict]]:
     """Scene ``index`` of ``split``: ``(image (H, W, 3) uint8 BGR, objects)``; each object is
-    ``dict(bbox=[x, y, w, h], area, category_id, iscrowd)``. The image equals ``make_demo_scene``'s."""
-    rng = np.random.default_rng([seed, split, index])  # the same draws, in the same order, as make_demo_scene
-    shape = (int(size[0]), int(size[1]))
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    image = _background(rng, shape)
-    owner = np.full(shape, -1, np.int32)
-    scale = min(shape) / 256
-    num_objects = int(rng.integers(3, 7))
-    first = int(rng.integers(5))
-    classes, full_areas = [], []
-    for k in range(num_objects):
-        cls = 1 + (first + k) % 5 if k < 5 else int(rng.integers(1, 6))
-        obj_size = rng.uniform(18, 48) * scale
-        centre = (rng.uniform(0.1, 0.9) * shape[0], rng.uniform(0.1, 0.9) * shape[1])
-        inside = _shape_mask(cls, rng, shape, centre, obj_size).astype(bool)
-        image[inside] = _texture(cls, rng, yy, xx, centre, obj_size)[inside]
-        owner[inside] = k
-        classes.append(cls)
-        full_areas.append(int(inside.sum()))
-    image += rng.normal(0, rng.uniform(6, 14), size=image.shape).astype(np.float32)
-    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    ``dict(bbox=[x, y, w, h], area, category_id, iscrowd)``. The image equals ``make_demo_scene``'s: both are
+    ``paint_scene``'s."""
+    image, owner, classes, full_areas = paint_scene(seed, split, index, size)
     objects = []
     for k, (cls, full) in enumerate(zip(classes, full_areas)):
         ys, xs = np.nonzero(owner == k)
