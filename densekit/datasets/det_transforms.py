@@ -26,7 +26,7 @@ from mmengine.structures import InstanceData
 
 from ..registry import TRANSFORMS
 from ..structures import DetDataSample
-from .transforms import LoadImageFromFile, rescale_size
+from .transforms import LoadImageFromFile, image_to_tensor, rescale_size, set_packed_metainfo
 
 __all__ = ["DetPad", "DetRandomFlip", "DetResize", "LoadDetAnnotations", "LoadImageFromFile", "PackDetInputs"]
 
@@ -175,21 +175,14 @@ class PackDetInputs:
 
     def __call__(self, results: dict) -> dict:
         img = results["img"]
-        img = img[..., None] if img.ndim < 3 else img
-        packed = {"inputs": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))}
         sample = DetDataSample()
         if results.get("gt_bboxes") is not None:
             ignore = results.get("gt_ignore_flags")
             ignore = np.zeros(len(results["gt_bboxes"]), bool) if ignore is None else ignore.astype(bool)
             sample.gt_instances = self._instances(results, ~ignore)
             sample.ignored_instances = self._instances(results, ignore)
-        results.setdefault("pad_shape", results.get("img_shape", img.shape[:2]))
-        results.setdefault("scale_factor", (1.0, 1.0))
-        results.setdefault("flip", False)
-        results.setdefault("flip_direction", None)
-        sample.set_metainfo({k: results[k] for k in self.meta_keys if k in results})
-        packed["data_samples"] = sample
-        return packed
+        set_packed_metainfo(sample, results, self.meta_keys, img.shape[:2])
+        return {"inputs": image_to_tensor(img), "data_samples": sample}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(meta_keys={self.meta_keys})"

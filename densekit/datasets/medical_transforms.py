@@ -33,6 +33,7 @@ from scipy import ndimage
 from ..registry import TRANSFORMS
 from ..structures import SegDataSample
 from .bad_samples import BadSampleError
+from .transforms import set_packed_metainfo
 
 # TransUNet / Swin-Unet preprocessing of abdominal CT: clip HU to [-125, 275], then scale to [0, 1].
 CT_WINDOW = (-125.0, 275.0)
@@ -217,11 +218,7 @@ class PackMedicalInputs:
             sample.gt_sem_seg = PixelData(data=torch.from_numpy(seg.astype(np.int64)[None]))
         results.setdefault("img_shape", img.shape)
         results.setdefault("ori_shape", img.shape)
-        results.setdefault("pad_shape", results["img_shape"])
-        results.setdefault("scale_factor", (1.0, 1.0))
-        results.setdefault("flip", False)
-        results.setdefault("flip_direction", None)
-        sample.set_metainfo({k: results[k] for k in self.meta_keys if k in results})
+        set_packed_metainfo(sample, results, self.meta_keys, img.shape)
         return {"inputs": torch.from_numpy(np.ascontiguousarray(img)[None]), "data_samples": sample}
 
     def __repr__(self) -> str:

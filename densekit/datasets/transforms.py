@@ -24,6 +24,8 @@ PackSegInputs`` (annotations loaded after the resize stay at the original size, 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import torch
@@ -469,6 +471,23 @@ class Pad:
                 f"pad_val={self.pad_val}, seg_pad_val={self.seg_pad_val})")
 
 
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``(H, W[, C])`` array -> ``(C, H, W)`` tensor (a copy only where the transpose needs one)."""
+    img = img[..., None] if img.ndim < 3 else img
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def set_packed_metainfo(sample, results: dict, meta_keys: Sequence[str], image_shape: tuple[int, ...]) -> None:
+    """Give ``sample`` the ``meta_keys`` present in ``results``, after the defaults every packer sets when no
+    transform did (``pad_shape`` = ``img_shape``, else ``image_shape``; ``scale_factor`` ``(1.0, 1.0)``; ``flip``
+    False; ``flip_direction`` None), so every sample of a batch carries the same keys."""
+    results.setdefault("pad_shape", results.get("img_shape", image_shape))
+    results.setdefault("scale_factor", (1.0, 1.0))
+    results.setdefault("flip", False)
+    results.setdefault("flip_direction", None)
+    sample.set_metainfo({k: results[k] for k in meta_keys if k in results})
+
+
 @TRANSFORMS.register_module()
 class PackSegInputs:
     """mmseg ``PackSegInputs``: ``{'inputs': uint8 (3, H, W) tensor, 'data_samples': SegDataSample}``.
@@ -485,23 +504,14 @@ class PackSegInputs:
         self.meta_keys = tuple(meta_keys)
 
     def __call__(self, results: dict) -> dict:
-        packed = {}
         img = results["img"]
-        if img.ndim < 3:
-            img = img[..., None]
-        packed["inputs"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         sample = SegDataSample()
         if results.get("gt_seg_map") is not None:
             seg = results["gt_seg_map"]
             seg = seg[None] if seg.ndim == 2 else seg
             sample.gt_sem_seg = PixelData(data=torch.from_numpy(seg.astype(np.int64)))
-        results.setdefault("pad_shape", results.get("img_shape", img.shape[:2]))
-        results.setdefault("scale_factor", (1.0, 1.0))
-        results.setdefault("flip", False)
-        results.setdefault("flip_direction", None)
-        sample.set_metainfo({k: results[k] for k in self.meta_keys if k in results})
-        packed["data_samples"] = sample
-        return packed
+        set_packed_metainfo(sample, results, self.meta_keys, img.shape[:2])
+        return {"inputs": image_to_tensor(img), "data_samples": sample}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(meta_keys={self.meta_keys})"
