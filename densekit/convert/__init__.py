@@ -284,7 +284,16 @@ def _adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 def _adapt_tensor(
     key: str, value: torch.Tensor, shape: tuple[int, ...], model: nn.Module, bias_resize: str
 ) -> torch.Tensor | None:
-    """``value`` resized to the model's ``shape`` where densekit knows how, else None.
+    """``value`` resized to the model's ``shape`` where densekit knows how (``_resize_tensor``), else None: a
+    result of any other shape is None too, so callers need one test."""
+    new = _resize_tensor(key, value, shape, model, bias_resize)
+    return new if new is not None and tuple(new.shape) == tuple(shape) else None
+
+
+def _resize_tensor(
+    key: str, value: torch.Tensor, shape: tuple[int, ...], model: nn.Module, bias_resize: str
+) -> torch.Tensor | None:
+    """``value`` resized towards the model's ``shape`` where densekit knows how, else None.
 
     Bias tables ``(L1, nH)`` -> ``(L2, nH)``; ``absolute_pos_embed`` ``(1, N1, C)`` -> ``(1, N2, C)``;
     ``patch_embed.proj.weight`` ``(C, 3, p, p)`` -> ``(C, in_chans, p, p)`` (timm's ``adapt_input_conv``).
@@ -353,7 +362,7 @@ def adapt_state_dict(
         shape = tuple(target[key].shape)
         if tuple(value.shape) != shape:
             new = _adapt_tensor(key, value, shape, model, bias_resize)
-            if new is None or tuple(new.shape) != shape:
+            if new is None:
                 mismatched.append(f"{named}: checkpoint {tuple(value.shape)}, model {shape}")
                 continue
             report.resized.append((key, tuple(value.shape), shape))

@@ -205,7 +205,7 @@ def _fit(state_dict: StateDict, model: nn.Module, report: LoadReport, bias_resiz
         if tuple(value.shape) != shape:
             local = key[len("backbone."):] if key.startswith("backbone.") else key
             new = _adapt_tensor(local, value, shape, model.backbone, bias_resize)
-            if new is None or tuple(new.shape) != shape:
+            if new is None:
                 if drop_misfits:
                     report.dropped.append(f"{key} (shape {tuple(value.shape)}, model {shape})")
                 else:
