@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .fileio import save_atomically
 
 MODES = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
@@ -272,15 +273,7 @@ def update_section(path: str | os.PathLike, name: str, body: str) -> None:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    save_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # --------------------------------------------------------------------------- suites

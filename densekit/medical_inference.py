@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import os.path as osp
-import tempfile
 from collections.abc import Sequence
 
 import cv2
@@ -27,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .datasets.nifti import NIFTI_SUFFIXES, load_nifti
+from .fileio import save_atomically
 
 VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".npy.h5", ".h5")
 
@@ -141,27 +141,6 @@ def list_volumes(path: str) -> list[str]:
     return [path]
 
 
-def _temp_path(path: str, suffix: str) -> str:
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(path)}.", suffix=suffix, dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def _atomic(path: str, suffix: str, write) -> str:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same ``suffix``), then rename it to ``path``."""
-    tmp = _temp_path(path, suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return str(path)
-
-
 def save_nifti(labels: np.ndarray, affine: np.ndarray, path: str) -> str:
     """Write a ``(D, H, W)`` label volume as NIfTI with ``affine`` (back to nibabel's ``(X, Y, Z)`` axes),
     atomically (temporary file + rename). ``.nii.gz`` compresses. Returns ``path``."""
@@ -174,8 +153,7 @@ def save_nifti(labels: np.ndarray, affine: np.ndarray, path: str) -> str:
     image.header.set_data_dtype(dtype)
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
-    suffix = ".nii.gz" if path.endswith(".nii.gz") else ".nii"
-    return _atomic(path, suffix, lambda tmp: nib.save(image, tmp))
+    return str(save_atomically(path, lambda tmp: nib.save(image, tmp)))
 
 
 def save_h5(labels: np.ndarray, path: str, image: np.ndarray | None = None,
@@ -190,7 +168,7 @@ def save_h5(labels: np.ndarray, path: str, image: np.ndarray | None = None,
             if spacing is not None:
                 f.attrs["spacing"] = np.asarray(spacing, np.float64)
 
-    return _atomic(str(path), ".h5", write)
+    return str(save_atomically(path, write))
 
 
 # -- montage ------------------------------------------------------------------------------------------------
@@ -262,7 +240,7 @@ def save_png(image: np.ndarray, path: str) -> str:
         with open(tmp, "wb") as f:
             f.write(data.tobytes())
 
-    return _atomic(str(path), ".png", write)
+    return str(save_atomically(path, write))
 
 
 # -- the volume branch of tools/infer.py ------------------------------------------------------------------

@@ -3,12 +3,13 @@ training curves, written atomically."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .fileio import save_atomically
 
 
 def default_palette(num_classes: int, seed: int = 42) -> list[list[int]]:
@@ -56,15 +57,11 @@ def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, top
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """``cv2.imwrite`` through a temporary file and a rename, so a crash never leaves half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{path.suffix}")
-    try:
-        if not cv2.imwrite(str(tmp), image):
+    def write(tmp: str) -> None:
+        if not cv2.imwrite(tmp, image):
             raise OSError(f"could not write image {path}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    save_atomically(path, write)
 
 
 # ------------------------------------------------------------------------------- panels and curves
@@ -190,15 +187,7 @@ def plot_training_curves(scalars: str | os.PathLike, out: str | os.PathLike, met
 
 def save_figure(fig, out: str | os.PathLike) -> Path:
     """Write a matplotlib ``Figure`` as PNG through a temporary file and a rename; returns ``out``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex}{out.suffix}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_atomically(out, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _figure(width: float, height: float):

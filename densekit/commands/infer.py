@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from densekit.apis import inference_model, init_model
 from densekit.cli import add_unsafe_load_argument, run_tool
-from densekit.convert import save_atomically
+from densekit.fileio import save_atomically
 from densekit.medical_inference import is_volume_file, segment_volume_files
 from densekit.visualization import default_palette, draw_proposals, labelled_overlay, write_image
 

@@ -20,7 +20,6 @@ import math
 import os
 import pickle
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..fileio import save_atomically
 from ..layers.rel_pos_bias import resize_abs_pos_embed, resize_bias_table, table_window
 from .common import DROP_RULES, CheckpointError, LoadReport, StateDict, Tensors, apply_rules
 from .mmseg import densekit_to_mmseg, mmseg_to_densekit
@@ -440,25 +440,6 @@ def load_pretrained(
     return load_state_dict_from(model, read_checkpoint(path), str(path), bias_resize, verbose, progress)
 
 
-def save_atomically(dst: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file next to ``dst`` and rename it over ``dst``: readers see the
-    old file or the whole new one, and a failure leaves nothing half-written behind."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(str(tmp))
-        mask = os.umask(0)  # read the umask (the only portable way is to set it and put it back)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # safetensors creates 0600 files; give the usual mode
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-_save_atomically = save_atomically  # the name the converters import
-
-
 def convert_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -493,9 +474,9 @@ def convert_file(
         from safetensors.torch import save_file
 
         metadata = {key: str(value) for key, value in meta.items()}
-        _save_atomically(dst, lambda tmp: save_file(state_dict, tmp, metadata=metadata))
+        save_atomically(dst, lambda tmp: save_file(state_dict, tmp, metadata=metadata))
     else:
-        _save_atomically(dst, lambda tmp: torch.save({"meta": meta, "state_dict": state_dict}, tmp))
+        save_atomically(dst, lambda tmp: torch.save({"meta": meta, "state_dict": state_dict}, tmp))
     return report
 
 

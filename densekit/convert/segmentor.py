@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _adapt_tensor, _save_atomically, checkpoint_tensors, convert_swin, detect_layout, read_checkpoint
+from ..fileio import save_atomically
+from . import _adapt_tensor, checkpoint_tensors, convert_swin, detect_layout, read_checkpoint
 from .common import DROP_RULES, CheckpointError, StateDict
 from .hf_upernet import convert_hf_upernet
 
@@ -464,9 +465,9 @@ def convert_segmentor_file(src: str | os.PathLike, dst: str | os.PathLike, confi
         from safetensors.torch import save_file
 
         metadata = {"densekit_meta": json.dumps(out_meta)}
-        _save_atomically(dst, lambda tmp: save_file(weights, tmp, metadata=metadata))
+        save_atomically(dst, lambda tmp: save_file(weights, tmp, metadata=metadata))
     else:
-        _save_atomically(dst, lambda tmp: torch.save({"meta": out_meta, "state_dict": weights}, tmp))
+        save_atomically(dst, lambda tmp: torch.save({"meta": out_meta, "state_dict": weights}, tmp))
     return report
 
 

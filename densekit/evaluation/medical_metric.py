@@ -35,9 +35,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import os.path as osp
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,6 +44,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from ..fileio import save_atomically
 from ..registry import METRICS
 
 PROTOCOLS = ("densekit", "swin-unet")
@@ -166,21 +165,14 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
 
 
 def write_csv_atomic(path: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Write a CSV to a temporary file beside ``path``, then rename it over ``path`` (readers never see a
-    half-written table)."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{osp.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    """Write a CSV through a temporary file and a rename (readers never see a half-written table)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows([[repr(v) if isinstance(v, float) else v for v in r] for r in rows])
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    save_atomically(path, write)
 
 
 # -- the mmengine metric ------------------------------------------------------------------------------------

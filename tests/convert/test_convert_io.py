@@ -22,8 +22,8 @@ from densekit.convert import (
     read_checkpoint,
     unwrap,
 )
-from densekit.convert import _save_atomically as save_atomically
 from densekit.convert.timm import timm_to_densekit
+from densekit.fileio import save_atomically
 
 
 class Opaque:
