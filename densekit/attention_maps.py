@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .layers.window_attention import reverse_windows
+from .layers.window_attention import pad_and_shift, reverse_windows
 
 
 @dataclass
@@ -141,7 +141,7 @@ def capture_window_attention(backbone: nn.Module, image: torch.Tensor, stage: in
 
     def on_attention(module, args):
         x, window, shift = args
-        weights, _ = module.attention_weights(x, window, shift)
+        weights, _ = module.attention_weights(pad_and_shift(x, window, shift), window, shift)
         seen.update(weights=weights.float().cpu(), window=window, shift=shift)
         raise _Captured  # the rest of the network is not needed
 

@@ -13,14 +13,13 @@ and no shift (official Swin behaviour).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
-from ..layers.window_attention import WindowAttention, is_tracing
+from ..layers.window_attention import WindowAttention
 from ..registry import register_backbone
 from .base import Backbone, local_checkpoint
 
@@ -72,23 +71,8 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
-        _, h, w, _ = x.shape
-        window, shift = self.window_and_shift(h, w)
-        y = self.norm1(x)
-        pad_h, pad_w = (-h) % window, (-w) % window
-        # Pad and crop unconditionally while a graph is recorded (ONNX export): a test on symbolic sizes would
-        # bake this input size's branch into the graph.
-        traced = is_tracing()
-        if traced or pad_h or pad_w:  # pad after the norm: padded tokens are zeros, as in mmseg and HF
-            y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        y = self.attn(y, window, shift)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        if traced or pad_h or pad_w:
-            y = y[:, :h, :w]
-        x = x + self.drop_path(y)
+        window, shift = self.window_and_shift(x.shape[1], x.shape[2])
+        x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

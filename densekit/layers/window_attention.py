@@ -1,15 +1,27 @@
 """Window multi-head self-attention with a relative position bias (Swin), fast and reference paths.
 
-The fast path runs ``F.scaled_dot_product_attention`` once per block with the relative bias and
-the shifted-window mask folded into one additive mask of shape ``(nW*nH, N, N)``. The folded mask
-is cached per (padded size, window, shift, dtype, device) whenever the bias table cannot change
-under us (no autograd on it); during training only the cheap bias gather is redone each step.
-The reference path is the official Swin's per-window matmul-softmax-matmul, kept for tests.
+Both paths take a block's normalised, unpadded ``(B, H, W, C)`` map and return ``(B, H, W, C)``; padding to
+window multiples (zeros after the norm, as official Swin, mmsegmentation and HF do) and the cyclic shift
+happen inside.
+
+Fast path (``'sdpa'``): one row gather (``F.embedding`` with a cached index) takes the tokens straight into
+the padded, shifted, window-partitioned order, so padding, ``torch.roll`` and the partition permute are one
+copy instead of three; q, k and v are strided views of the qkv projection (PyTorch's CPU flash kernel reads
+them in place and writes its output token-major, so no head permute either); one
+``F.scaled_dot_product_attention`` call per block uses the relative bias and the shift mask folded into one
+cached additive mask; a second gather undoes the order and drops the padded tokens, so the output projection
+runs on real tokens only. The folded mask is cached per (padded size, window, shift, batch, dtype, device)
+whenever the bias table cannot change under us (no autograd on it); during training only the cheap bias
+gather is redone each step.
+
+Reference path (``'reference'``, and whenever a graph is traced or compiled): the official Swin's pad, roll,
+partition and per-window matmul-softmax-matmul, kept for tests and export.
 """
 from __future__ import annotations
 
 import contextlib
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +105,66 @@ def reverse_windows(windows: torch.Tensor, window: int, height: int, width: int)
     return x.reshape(-1, height, width, c)
 
 
+def pad_and_shift(x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+    """``(B, H, W, C)`` -> ``(B, Hp, Wp, C)``: zero-pad to window multiples, then roll by ``-shift``
+    (official Swin's order: the shift mask's regions are laid out on the padded grid)."""
+    _, h, w, _ = x.shape
+    pad_h, pad_w = (-h) % window, (-w) % window
+    # Pad unconditionally while a graph is recorded (ONNX export): a test on symbolic sizes would bake this
+    # input size's branch into the graph.
+    if is_tracing() or pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    return x
+
+
+def unshift_and_crop(x: torch.Tensor, shift: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of ``pad_and_shift``: ``(B, Hp, Wp, C)`` -> ``(B, height, width, C)``."""
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    if is_tracing() or x.shape[1] != height or x.shape[2] != width:
+        x = x[:, :height, :width]
+    return x
+
+
+class WindowOrder(NamedTuple):
+    """Row indices between a flattened ``(B*H*W, C)`` map and its padded, shifted, window-partitioned order
+    ``(B*nW*N, C)`` (``partition_windows(pad_and_shift(x))`` flattened).
+
+    gather: ``(B*Hp*Wp,)`` source row of every window-order row (padded rows point at row 0 and are
+        zeroed afterwards).
+    pads: ``(P,)`` window-order rows that are padding, or None when the map needs no padding.
+    scatter: ``(B*H*W,)`` window-order row of every token, so gathering with it inverts the order.
+    """
+
+    gather: torch.Tensor
+    pads: torch.Tensor | None
+    scatter: torch.Tensor
+
+
+@lru_cache(maxsize=128)
+def window_order(height: int, width: int, window: int, shift: int, batch: int, device: torch.device) -> WindowOrder:
+    """The ``WindowOrder`` of a ``batch x height x width`` map, built once per geometry and device."""
+    with _plain_tensors():
+        hp, wp = -(-height // window) * window, -(-width // window) * window
+        rows = (torch.arange(hp) + shift) % hp  # rolled row r holds padded row (r + shift) % Hp
+        cols = (torch.arange(wp) + shift) % wp
+        source = rows[:, None] * width + cols[None, :]
+        is_pad = (rows[:, None] >= height) | (cols[None, :] >= width)
+        source = partition_windows(torch.where(is_pad, 0, source)[None, ..., None], window).reshape(-1)
+        is_pad = partition_windows(is_pad[None, ..., None], window).reshape(-1)
+        position = torch.empty(height * width, dtype=torch.long)
+        position[source[~is_pad]] = torch.arange(hp * wp)[~is_pad]
+        image = torch.arange(batch)[:, None]
+        gather = (source[None] + image * (height * width)).reshape(-1)
+        pads = is_pad.repeat(batch).nonzero().squeeze(1) if is_pad.any() else None
+        scatter = (position[None] + image * (hp * wp)).reshape(-1)
+        return WindowOrder(gather.to(device), None if pads is None else pads.to(device), scatter.to(device))
+
+
 class WindowAttention(nn.Module):
-    """Self-attention inside non-overlapping ``window x window`` windows of a padded NHWC map.
+    """Self-attention inside non-overlapping ``window x window`` windows of an NHWC map.
 
     Args:
         dim: channels ``C``.
@@ -145,63 +215,70 @@ class WindowAttention(nn.Module):
         n = window * window
         return table[_cached_index(window, table.device).view(-1)].view(n, n, -1).permute(2, 0, 1)
 
-    def folded_mask(self, height: int, width: int, window: int, shift: int, dtype: torch.dtype) -> torch.Tensor:
-        """Relative bias plus shift mask, ``(1, nW*nH, N, N)`` in ``dtype``, cached when safe.
+    def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+        """Relative bias plus shift mask in ``dtype``, cached when safe: ``(1, nH, N, N)`` for regular windows
+        (the same for every window), ``(batch*nW, nH, N, N)`` for shifted ones (windows in ``partition_windows``
+        order over a ``height x width`` padded grid, repeated per image).
 
-        4-D on purpose: PyTorch's CPU flash-attention kernel takes 2-D or 4-D masks only; a 3-D mask sends
-        every call to the slower math path (Swin-T 512x512 bf16 on CPU: 1.16x -> 1.03x of timm's time)."""
+        4-D on purpose: PyTorch's CPU flash-attention kernel broadcasts 4-D masks over size-1 dims but sends a
+        3-D mask to the slower math path."""
         table = self.relative_position_bias_table
         # Never while a graph is recorded: the key reads the table's data pointer, which traced tensors lack.
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
+        batch = batch if shift else 1
         if not cacheable:
-            return self._fold(height, width, window, shift, dtype)
-        key = (height, width, window, shift, dtype, table.device, table._version, table.data_ptr())
+            return self._fold(height, width, window, shift, batch, dtype)
+        key = (height, width, window, shift, batch, dtype, table.device, table._version, table.data_ptr())
         if key not in self._mask_cache:
             if len(self._mask_cache) >= 8:  # many input sizes: keep memory bounded
                 self._mask_cache.clear()
             with _plain_tensors():
-                self._mask_cache[key] = self._fold(height, width, window, shift, dtype)
+                self._mask_cache[key] = self._fold(height, width, window, shift, batch, dtype)
         return self._mask_cache[key]
 
-    def _fold(self, height: int, width: int, window: int, shift: int, dtype: torch.dtype) -> torch.Tensor:
+    def _fold(self, height: int, width: int, window: int, shift: int, batch: int,
+              dtype: torch.dtype) -> torch.Tensor:
         bias = self.relative_bias(window).unsqueeze(0)  # (1, nH, N, N)
         if shift:
             bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
-        else:
-            bias = bias.expand((height // window) * (width // window), -1, -1, -1)
-        return bias.reshape(1, -1, window * window, window * window).to(dtype)
+            bias = bias.repeat(batch, 1, 1, 1)
+        return bias.to(dtype)
 
     def forward(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-        """Attend within windows of an already padded and cyclically shifted map.
+        """Attend within (shifted) windows of a normalised map.
 
         Args:
-            x: ``(B, Hp, Wp, C)``, ``Hp`` and ``Wp`` multiples of ``window``.
+            x: ``(B, H, W, C)``, any ``H``, ``W``; padded to window multiples inside.
             window: window side used at this resolution (``<= window_size``).
-            shift: the cyclic shift that was applied (0 for regular windows); selects the mask.
+            shift: cyclic shift of the windows (0 for regular windows).
 
         Returns:
-            ``(B, Hp, Wp, C)``.
+            ``(B, H, W, C)``.
         """
-        if self.attn_impl == "reference":
+        if self.attn_impl == "reference" or is_tracing():
             return self._forward_reference(x, window, shift)
-        b, hp, wp, c = x.shape
+        b, h, w, c = x.shape
         nh, head_dim, n = self.num_heads, c // self.num_heads, window * window
-        # The projection is per token, so it runs before partitioning: one permute copy then
-        # yields q, k, v already laid out as (B, nW*nH, N, d) for one SDPA call.
-        qkv = self.qkv(x).view(b, hp // window, window, wp // window, window, 3, nh, head_dim)
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, b, -1, n, head_dim)
-        q, k, v = qkv.unbind(0)
-        mask = self.folded_mask(hp, wp, window, shift, q.dtype)
+        order = window_order(h, w, window, shift, b, x.device)
+        windows = F.embedding(order.gather, x.reshape(-1, c))  # (B*nW*N, C), one copy
+        if order.pads is not None:
+            windows = windows.index_fill(0, order.pads, 0.0)
+        qkv = self.qkv(windows).view(-1, n, 3, nh, head_dim)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B*nW, nH, N, d) views
+        mask = self.folded_mask(-(-h // window) * window, -(-w // window) * window, window, shift, b, q.dtype)
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        out = out.view(b, hp // window, wp // window, nh, window, window, head_dim)
-        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        out = out.transpose(1, 2).reshape(-1, c)  # token-major already: a view, no copy
+        out = F.embedding(order.scatter, out).view(b, h, w, c)
         return self.proj_drop(self.proj(out))
 
     def attention_weights(self, x: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference attention weights ``softmax(q k^T / sqrt(d) + bias + shift mask)`` and the values.
 
-        Args: as ``forward`` (``x`` ``(B, Hp, Wp, C)``, already padded and shifted).
+        Args:
+            x: ``(B, Hp, Wp, C)``, already padded and shifted (``pad_and_shift``).
+            window, shift: as in ``forward``.
 
         Returns:
             weights ``(B*nW, nH, N, N)`` (query rows sum to 1; windows in ``partition_windows`` order) and
@@ -221,10 +298,12 @@ class WindowAttention(nn.Module):
 
     def _forward_reference(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """The official Swin computation, window by window; same contract as ``forward``."""
-        b, hp, wp, c = x.shape
-        attn, v = self.attention_weights(x, window, shift)
+        _, h, w, c = x.shape
+        y = pad_and_shift(x, window, shift)
+        hp, wp = y.shape[1], y.shape[2]
+        attn, v = self.attention_weights(y, window, shift)
         bw, n = attn.shape[0], attn.shape[-1]
         attn = F.dropout(attn, self.attn_drop, self.training)
         out = (attn @ v).transpose(1, 2).reshape(bw, n, c)
         out = self.proj_drop(self.proj(out))
-        return reverse_windows(out, window, hp, wp)
+        return unshift_and_crop(reverse_windows(out, window, hp, wp), shift, h, w)
