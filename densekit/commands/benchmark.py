@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from densekit import (
+    bench_rpn,  # noqa: F401  (registers the rpn_r50_fpn suite)
     bench_upernet,  # noqa: F401  (registers the upernet_swin_t suite)
     bench_volume,  # noqa: F401  (registers the swin_unet_volume suite)
     benchmark,
