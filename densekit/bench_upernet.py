@@ -1,26 +1,33 @@
-"""Benchmark suite ``upernet_swin_t``: UPerNet-Swin-T against HuggingFace ``UperNetForSemanticSegmentation``.
+"""Benchmark suites ``upernet_swin_t`` and ``upernet_convnext_t``: UPerNet against HuggingFace
+``UperNetForSemanticSegmentation``, with a Swin-T or a ConvNeXt-T backbone.
 
-Both models hold identical random weights (HF's, converted with ``convert_hf_upernet``); agreement of
-the upsampled logits is checked before timing. Timed: inference (logits at the input size) and one
-training step (forward with loss, backward, AdamW step) per model, interleaved A/B in one process.
+Per suite, both models hold identical random weights (HF's, converted with ``convert_hf_upernet``); agreement
+of the upsampled logits is checked in fp32 before timing. Timed: inference (logits at the input size) and one
+training step (forward with loss, backward, AdamW step) per model, interleaved A/B in one process. The two
+suites share every step; ``UPERNETS`` holds what differs (densekit's config, HF's backbone config).
 Registered in ``densekit.benchmark`` on import (``tools/benchmark.py`` imports it).
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from mmengine.structures import PixelData
 from torch import nn
 
+from .bench_convnext import spread_layer_scales
 from .benchmark import (
     AGREEMENT_TOL,
     BenchConfig,
+    Stats,
     SuiteResult,
     _ms,
+    check_agreement,
     compare,
     gemm_rate,
     inference_case,
@@ -32,26 +39,76 @@ from .benchmark import (
 )
 from .structures import SegDataSample
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "upernet_swin_t_ade.py"
+ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 150
 BF16 = "densekit bf16 autocast"
+HF = "HF transformers"
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 
-def build_upernet_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(densekit EncoderDecoder, HF UperNetForSemanticSegmentation) for Swin-T, same weights, BatchNorm."""
+def _hf_swin_t() -> Any:
+    import transformers
+
+    return transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                                   drop_path_rate=0.0, out_features=STAGES)
+
+
+def _hf_convnext_t() -> Any:
+    import transformers
+
+    return transformers.ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3], drop_path_rate=0.0,
+                                       out_features=STAGES)
+
+
+@dataclass(frozen=True)
+class UperNetPair:
+    """What one UPerNet suite compares: densekit's config and HF's backbone, and how they are described.
+
+    ``spread_layer_scales``: set HF's ConvNeXt layer scales (1e-6 at init) to U(0.5, 1) before converting, so
+    that every block counts in the agreement check (see ``bench_convnext.spread_layer_scales``).
+    """
+
+    title: str
+    config: str  # densekit config, relative to the repository root
+    hf_backbone: Callable[[], Any]  # () -> transformers backbone config
+    densekit_text: str  # densekit's backbone in the suite's markdown
+    hf_text: str  # HF's backbone in the suite's markdown
+    spread_layer_scales: bool = False
+
+
+UPERNETS: dict[str, UperNetPair] = {
+    "swin_t": UperNetPair("UPerNet-Swin-T", "configs/upernet_swin_t_ade.py", _hf_swin_t,
+                          "densekit's Swin-T", "Swin-T backbone"),
+    "convnext_t": UperNetPair(
+        "UPerNet-ConvNeXt-T", "configs/upernet_convnext_t_ade.py", _hf_convnext_t,
+        "timm's `convnext_tiny` with `out_norm=True`, HF's per-stage LayerNorms",
+        "`ConvNextConfig` backbone: depths 3-3-9-3, hidden sizes 96-192-384-768", spread_layer_scales=True),
+}
+
+
+def build_upernet_pair(seed: int = 0, backbone: str = "swin_t") -> tuple[nn.Module, nn.Module]:
+    """(densekit EncoderDecoder, HF UperNetForSemanticSegmentation), same weights, BatchNorm, drop path 0.
+
+    Args:
+        seed: seeds HF's random init (and the layer-scale spread), which densekit receives converted.
+        backbone: a key of ``UPERNETS`` (``'swin_t'``, ``'convnext_t'``).
+    """
     import transformers
     from mmengine.config import Config
 
     from .convert.hf_upernet import convert_hf_upernet
     from .models import EncoderDecoder
 
-    backbone = transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                                       drop_path_rate=0.0, out_features=["stage1", "stage2", "stage3", "stage4"])
-    hf_config = transformers.UperNetConfig(backbone_config=backbone, num_labels=NUM_CLASSES, hidden_size=512,
-                                           auxiliary_in_channels=384, use_auxiliary_head=True)
+    if backbone not in UPERNETS:
+        raise KeyError(f"unknown UPerNet backbone {backbone!r}; known: {', '.join(UPERNETS)}")
+    pair = UPERNETS[backbone]
+    hf_config = transformers.UperNetConfig(backbone_config=pair.hf_backbone(), num_labels=NUM_CLASSES,
+                                           hidden_size=512, auxiliary_in_channels=384, use_auxiliary_head=True)
     torch.manual_seed(seed)
     hf = transformers.UperNetForSemanticSegmentation(hf_config)
-    cfg = copy.deepcopy(Config.fromfile(str(CONFIG)).model.to_dict())
+    if pair.spread_layer_scales and not spread_layer_scales(hf, seed):
+        raise RuntimeError(f"no layer scales found in HF's {pair.title}")
+    cfg = copy.deepcopy(Config.fromfile(str(ROOT / pair.config)).model.to_dict())
     cfg.pop("type")
     cfg["backbone"].update(drop_path_rate=0.0, pretrained=None)
     for head in ("decode_head", "auxiliary_head"):
@@ -67,7 +124,22 @@ def _inference(ours: nn.Module, hf: nn.Module, x: torch.Tensor) -> dict[str, Cal
         logits = ours(x, mode="tensor")
         return [F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)]
 
-    return {"densekit": densekit, "HF transformers": lambda: [hf(pixel_values=x).logits]}
+    return {"densekit": densekit, HF: lambda: [hf(pixel_values=x).logits]}
+
+
+def checked_logits(ours: nn.Module, hf: nn.Module, x: torch.Tensor, what: str, device: str = "cpu"
+                   ) -> tuple[float, torch.Tensor]:
+    """Both models' fp32 logits of ``x`` ``(B, 3, H, W)`` at the input size, checked to agree.
+
+    Returns:
+        (max abs difference, densekit's logits ``(B, 150, H, W)``); AssertionError naming ``what`` where the
+        difference exceeds ``AGREEMENT_TOL``.
+    """
+    forwards = {n: inference_case(f, "fp32", device) for n, f in _inference(ours, hf, x).items()}
+    logits = forwards["densekit"]()
+    diff = max_abs_diff(logits, forwards[HF]())
+    check_agreement({"densekit": diff}, what)
+    return diff, logits[0]
 
 
 def _train_steps(ours: nn.Module, hf: nn.Module, x: torch.Tensor, labels: torch.Tensor
@@ -88,13 +160,14 @@ def _train_steps(ours: nn.Module, hf: nn.Module, x: torch.Tensor, labels: torch.
         opt_hf.step()
         opt_hf.zero_grad(set_to_none=True)
 
-    return {"densekit": densekit, "HF transformers": huggingface}
+    return {"densekit": densekit, HF: huggingface}
 
 
-def train_step(impl: str, height: int, width: int, batch: int = 2, seed: int = 0) -> Callable[[], None]:
+def train_step(impl: str, height: int, width: int, batch: int = 2, seed: int = 0, backbone: str = "swin_t"
+               ) -> Callable[[], None]:
     """One training step of ``impl`` (``'densekit'`` or ``'HF transformers'``) alone, for measuring its peak
     memory in a process of its own (``peak_rss_above_resident``)."""
-    ours, hf = build_upernet_pair(seed)
+    ours, hf = build_upernet_pair(seed, backbone)
     ours.train(), hf.train()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, height, width, generator=gen)
@@ -104,34 +177,45 @@ def train_step(impl: str, height: int, width: int, batch: int = 2, seed: int = 0
     return _train_steps(ours, hf, x, labels)[impl]
 
 
-@register_suite
-def upernet_swin_t(config: BenchConfig) -> SuiteResult:
-    """UPerNet-Swin-T inference and training step, densekit against HF transformers on identical weights."""
+@dataclass
+class _Inference:
+    stats: dict[str, Stats]
+    diff: float  # max abs diff of the logits in the suite's mode
+    same_labels: float | None  # share of pixels where bf16 autocast keeps densekit fp32's label (fp32 runs)
+    flops: int  # densekit's forward
+    gemm_rate: float  # the machine's fp32 matmul FLOP/s
+
+
+def _time_inference(ours: nn.Module, hf: nn.Module, config: BenchConfig, title: str) -> _Inference:
+    """Check fp32 agreement, then time both forwards (plus densekit under bf16 autocast in fp32 runs)."""
     h, w = config.size
     dev = config.device
-    ours, hf = build_upernet_pair(config.seed)
     ours, hf = ours.to(dev).eval(), hf.to(dev).eval()
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
+    diff, ours_logits = checked_logits(ours, hf, x, f"{title} logits against HF's at {h}x{w}", dev)
     forwards = _inference(ours, hf, x)
     infer = {n: inference_case(f, config.mode, dev) for n, f in forwards.items()}
-    ours_logits = infer["densekit"]()
-    diff = max_abs_diff(ours_logits, infer["HF transformers"]())
-    if config.mode == "fp32" and diff > AGREEMENT_TOL:
-        raise AssertionError(f"UPerNet logits disagree with HF beyond {AGREEMENT_TOL}: {diff:.2e}")
     same_labels = None
     if config.mode == "fp32":  # bf16 autocast against HF's fp32 time, and against densekit's fp32 labels
         infer[BF16] = inference_case(forwards["densekit"], "bf16", dev)
-        same_labels = float((infer[BF16]()[0].argmax(1) == ours_logits[0].argmax(1)).float().mean())
-    infer_stats = compare(infer, config.warmup, config.runs, dev)
+        same_labels = float((infer[BF16]()[0].argmax(1) == ours_logits.argmax(1)).float().mean())
+    else:
+        diff = max_abs_diff(infer["densekit"](), infer[HF]())
+    stats = compare(infer, config.warmup, config.runs, dev)
     with torch.inference_mode():
         flops = model_flops(forwards["densekit"])
-    rate = gemm_rate(device=dev)
-    achieved = flops / infer_stats["densekit"].median
+    return _Inference(stats, diff, same_labels, flops, gemm_rate(device=dev))
 
+
+def _time_training(ours: nn.Module, hf: nn.Module, config: BenchConfig, backbone: str, train_batch: int
+                   ) -> tuple[dict[str, Stats], dict[str, int]]:
+    """Time one training step of each model interleaved; then, on CPU in fp32 with ``config.peak_rss``, each
+    step's peak RSS in a process of its own. Returns (stats, peak bytes by implementation)."""
+    h, w = config.size
+    dev = config.device
     ours.train(), hf.train()
-    # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
-    train_batch = max(2, config.batch)
+    gen = torch.Generator().manual_seed(config.seed)  # the inputs train_step draws
     xt = torch.randn(train_batch, 3, h, w, generator=gen).to(dev)
     labels = torch.randint(0, NUM_CLASSES, (train_batch, h, w), generator=gen).to(dev)
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=config.mode == "bf16")
@@ -144,40 +228,49 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
         return run
 
     train = {n: with_autocast(f) for n, f in _train_steps(ours, hf, xt, labels).items()}
-    train_stats = compare(train, max(1, config.warmup), config.runs, dev)
+    stats = compare(train, max(1, config.warmup), config.runs, dev)
     peak = {}
     if dev == "cpu" and config.peak_rss and config.mode == "fp32":
         for name in train:
-            peak[name] = peak_rss_above_resident(__name__, "train_step", dict(impl=name, height=h, width=w,
-                                                                             batch=train_batch, seed=config.seed))
+            peak[name] = peak_rss_above_resident(__name__, "train_step", dict(
+                impl=name, height=h, width=w, batch=train_batch, seed=config.seed, backbone=backbone))
+    return stats, peak
 
-    peak_ratio = peak["densekit"] / peak["HF transformers"] if len(peak) == 2 else None
-    size = f"{h}x{w}"
-    title = f"UPerNet-Swin-T, {size}, batch {config.batch}, {config.mode}, {dev}"
+
+def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: dict[str, Stats],
+              peak: dict[str, int], train_batch: int) -> str:
+    """The suite's text: what is compared, how, the inference and training tables, ratios, compute rate."""
+    dev = config.device
+    istats = inf.stats
+    achieved = inf.flops / istats["densekit"].median
+    peak_ratio = peak["densekit"] / peak[HF] if len(peak) == 2 else None
     peak_text = (f", peak memory of a training step **{peak_ratio:.2f}x** HF's (each measured in a process of its "
                  "own: `VmHWM` after resetting it, minus the resident set before the step; those processes run "
                  "after the timed rounds, and the machine table counts them as other processes' CPU use)"
                  ) if peak_ratio else ""
     bf16_text = (f" `{BF16}` is densekit under `torch.autocast('{dev}', dtype=torch.bfloat16)` timed in the same "
-                 f"rounds: **{infer_stats[BF16].median / infer_stats['HF transformers'].median:.2f}x** HF's fp32 "
-                 f"time, {100 * same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in infer_stats else ""
-    infer_diffs = {n: [f"{diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
-                       f"{100 * same_labels:.2f}%" if n == BF16 else "-"] for n in infer_stats}
-    infer_table = results_table(infer_stats, "HF transformers", infer_diffs,
-                                [f"max abs diff of logits vs HF ({config.mode})", "pixels with densekit fp32's label"])
-    train_table = results_table(train_stats, "HF transformers",
-                                {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-"] for n in train_stats},
+                 f"rounds: **{istats[BF16].median / istats[HF].median:.2f}x** HF's fp32 time, "
+                 f"{100 * inf.same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in istats else ""
+    weights_text = (" HF initialises ConvNeXt's layer scales to 1e-6, which would leave every block's contribution "
+                    "below the agreement tolerance, so they are set to U(0.5, 1) (seeded) before conversion."
+                    ) if pair.spread_layer_scales else ""
+    infer_diffs = {n: [f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
+                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-"] for n in istats}
+    infer_table = results_table(istats, HF, infer_diffs, [f"max abs diff of logits vs HF ({config.mode})",
+                                                          "pixels with densekit fp32's label"])
+    train_table = results_table(train, HF, {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-"] for n in train},
                                 ["peak RSS above resident, MiB (own process)"])
-    ratio_i = infer_stats["densekit"].median / infer_stats["HF transformers"].median
-    ratio_t = train_stats["densekit"].median / train_stats["HF transformers"].median
-    markdown = f"""
-What: densekit `EncoderDecoder` built from `configs/upernet_swin_t_ade.py` (BatchNorm, 150 classes, FCN
-auxiliary head) against `transformers.UperNetForSemanticSegmentation` (Swin-T backbone, UPerHead 512
-channels, auxiliary head), holding HF's random weights converted by `densekit.convert.hf_upernet`.
-Inference = logits at the input size (densekit's `mode='tensor'` logits upsampled bilinearly, as HF's
-`forward` does), under `torch.inference_mode()`. Training step = forward with the decode and 0.4 x
-auxiliary cross-entropy losses, backward, `torch.optim.AdamW` step, on random labels; both models in
-train mode (dropout on). Interleaved A/B rounds; median and min over {config.runs} rounds after
+    ratio_i = istats["densekit"].median / istats[HF].median
+    ratio_t = train["densekit"].median / train[HF].median
+    return f"""
+What: densekit `EncoderDecoder` built from `{pair.config}` ({pair.densekit_text}; BatchNorm, 150 classes,
+FCN auxiliary head, drop path 0) against `transformers.UperNetForSemanticSegmentation` ({pair.hf_text}, drop
+path 0; UPerHead 512 channels, auxiliary head), holding HF's random weights (seed {config.seed}) converted by
+`densekit.convert.hf_upernet`.{weights_text} The upsampled logits are checked to agree within {AGREEMENT_TOL:g}
+in fp32 before timing. Inference = logits at the input size (densekit's `mode='tensor'` logits upsampled
+bilinearly, as HF's `forward` does), under `torch.inference_mode()`. Training step = forward with the decode
+and 0.4 x auxiliary cross-entropy losses, backward, `torch.optim.AdamW` step, on random labels; both models
+in train mode (dropout on). Interleaved A/B rounds; median and min over {config.runs} rounds after
 {config.warmup} warm-up round(s); ratio = median / HF's median (below 1 = faster).
 
 Inference:
@@ -188,16 +281,40 @@ Training step (batch {train_batch}: BatchNorm needs two images at the 1x1 poolin
 
 {train_table}
 
-densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(infer_stats['densekit'].median)} ms vs
-{_ms(infer_stats['HF transformers'].median)} ms), training step **{ratio_t:.2f}x**
-({_ms(train_stats['densekit'].median)} ms vs {_ms(train_stats['HF transformers'].median)} ms){peak_text}.
+densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].median)} ms vs
+{_ms(istats[HF].median)} ms), training step **{ratio_t:.2f}x**
+({_ms(train['densekit'].median)} ms vs {_ms(train[HF].median)} ms){peak_text}.
 
-Compute rate: densekit's forward is {flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
-convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / rate:.0%}** of
-this machine's fp32 matmul rate measured in the same run
-({rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}
+Compute rate: densekit's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
+convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / inf.gemm_rate:.0%}**
+of this machine's fp32 matmul rate measured in the same run
+({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}
 """
-    return SuiteResult("upernet_swin_t", title, {**{f"infer {k}": v for k, v in infer_stats.items()},
-                                                 **{f"train {k}": v for k, v in train_stats.items()}},
-                       markdown, extra={"max_abs_diff": diff, "gflops": flops / 1e9, "gemm_gflops": rate / 1e9,
-                                        "same_labels_bf16": same_labels, "peak_rss": peak})
+
+
+def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
+    """UPerNet (``UPERNETS[backbone]``) inference and training step, densekit against HF on identical weights."""
+    pair = UPERNETS[backbone]
+    ours, hf = build_upernet_pair(config.seed, backbone)
+    inf = _time_inference(ours, hf, config, pair.title)
+    # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
+    train_batch = max(2, config.batch)
+    train, peak = _time_training(ours, hf, config, backbone, train_batch)
+    h, w = config.size
+    title = f"{pair.title}, {h}x{w}, batch {config.batch}, {config.mode}, {config.device}"
+    stats = {**{f"infer {k}": v for k, v in inf.stats.items()}, **{f"train {k}": v for k, v in train.items()}}
+    return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch),
+                       extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
+                              "same_labels_bf16": inf.same_labels, "peak_rss": peak})
+
+
+@register_suite
+def upernet_swin_t(config: BenchConfig) -> SuiteResult:
+    """UPerNet-Swin-T inference and training step, densekit against HF transformers on identical weights."""
+    return upernet_suite("upernet_swin_t", "swin_t", config)
+
+
+@register_suite
+def upernet_convnext_t(config: BenchConfig) -> SuiteResult:
+    """UPerNet-ConvNeXt-T inference and training step, densekit against HF transformers on identical weights."""
+    return upernet_suite("upernet_convnext_t", "convnext_t", config)

@@ -502,7 +502,10 @@ def build_swin_t_models(sizes: Sequence[tuple[int, int]], device: str, seed: int
     return ours, peers
 
 
-def _swin_forwards(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, Callable[[], list[torch.Tensor]]]:
+def backbone_forwards(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, Callable[[], list[torch.Tensor]]]:
+    """One forward per backbone, each returning its NCHW maps of ``x``: timm's models (names starting with
+    ``timm``) through ``forward_intermediates(x, intermediates_only=True)``, densekit's through ``model(x)``."""
+
     def forward(name: str, model: nn.Module) -> Callable[[], list[torch.Tensor]]:
         if name.startswith("timm"):
             return lambda: model.forward_intermediates(x, intermediates_only=True)
@@ -511,11 +514,18 @@ def _swin_forwards(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str, C
     return {name: forward(name, model) for name, model in models.items()}
 
 
-def _swin_diffs(models: dict[str, nn.Module], x: torch.Tensor, mode: str, device: str) -> dict[str, float]:
-    """Max abs difference of every model's four maps against timm's, at input ``x`` in ``mode``."""
-    forwards = {n: inference_case(f, mode, device) for n, f in _swin_forwards(models, x).items()}
+def diffs_against_timm(models: dict[str, nn.Module], x: torch.Tensor, mode: str, device: str) -> dict[str, float]:
+    """Max abs difference of every backbone's maps against those of ``models['timm']``, at input ``x`` in ``mode``."""
+    forwards = {n: inference_case(f, mode, device) for n, f in backbone_forwards(models, x).items()}
     reference = forwards["timm"]()
     return {name: max_abs_diff(fn(), reference) for name, fn in forwards.items()}
+
+
+def check_agreement(diffs: dict[str, float], what: str) -> None:
+    """Raise AssertionError naming every case whose max abs difference exceeds ``AGREEMENT_TOL``."""
+    bad = {name: f"{d:.2e}" for name, d in diffs.items() if not d <= AGREEMENT_TOL}  # NaN fails too
+    if bad:
+        raise AssertionError(f"{what} disagree beyond {AGREEMENT_TOL}: {bad}")
 
 
 @register_suite
@@ -531,16 +541,14 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
     xc = x if check == (h, w) else torch.randn(config.batch, 3, *check, generator=gen).to(dev)
 
-    check_diffs = _swin_diffs({**ours, **peers[check]}, xc, "fp32", dev)
-    bad = {n: d for n, d in check_diffs.items() if d > AGREEMENT_TOL}
-    if bad:
-        raise AssertionError(f"outputs disagree with timm beyond {AGREEMENT_TOL} at {check}: {bad}")
+    check_diffs = diffs_against_timm({**ours, **peers[check]}, xc, "fp32", dev)
+    check_agreement(check_diffs, f"Swin-T maps against timm's at {check[0]}x{check[1]}")
     if check != (h, w):
         del peers[check]
     models = {**ours, **peers[(h, w)]}
-    run_diffs = _swin_diffs(models, x, config.mode, dev)
+    run_diffs = diffs_against_timm(models, x, config.mode, dev)
 
-    cases = {n: inference_case(f, config.mode, dev) for n, f in _swin_forwards(models, x).items()}
+    cases = {n: inference_case(f, config.mode, dev) for n, f in backbone_forwards(models, x).items()}
     stats = compare(cases, config.warmup, config.runs, dev)
 
     size_txt = f"{h}x{w}"

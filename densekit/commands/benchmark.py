@@ -2,6 +2,7 @@
 
 Examples:
     python tools/benchmark.py --suite swin_t_backbone --size 512 512 --runs 7 --write
+    python tools/benchmark.py --suite upernet_convnext_t --size 512 512 --runs 5 --warmup 1
 
 The work is in ``densekit.benchmark``; this file only parses arguments.
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 import torch
 
 from densekit import (
+    bench_convnext,  # noqa: F401  (registers the convnext_t_backbone suite)
     bench_rpn,  # noqa: F401  (registers the rpn_r50_fpn suite)
-    bench_upernet,  # noqa: F401  (registers the upernet_swin_t suite)
+    bench_upernet,  # noqa: F401  (registers the upernet_swin_t and upernet_convnext_t suites)
     bench_volume,  # noqa: F401  (registers the swin_unet_volume suite)
     benchmark,
 )
