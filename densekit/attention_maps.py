@@ -136,24 +136,22 @@ def capture_window_attention(backbone: nn.Module, image: torch.Tensor, stage: in
     target = blocks[block]
     seen: dict = {}
 
-    def on_block(_module, args):
-        seen["grid"] = tuple(args[0].shape[1:3])
-
-    def on_attention(module, args):
-        x, window, shift = args
-        weights, _ = module.attention_weights(pad_and_shift(x, window, shift), window, shift)
-        seen.update(weights=weights.float().cpu(), window=window, shift=shift)
+    def on_block(module, args):
+        x = args[0]
+        window, shift = module.window_and_shift(x.shape[1], x.shape[2])
+        y = pad_and_shift(module.norm1(x), window, shift)  # what the block's attention sees
+        weights, _ = module.attn.attention_weights(y, window, shift)
+        seen.update(grid=tuple(x.shape[1:3]), weights=weights.float().cpu(), window=window, shift=shift)
         raise _Captured  # the rest of the network is not needed
 
-    handles = [target.register_forward_pre_hook(on_block), target.attn.register_forward_pre_hook(on_attention)]
+    handle = target.register_forward_pre_hook(on_block)
     try:
         with torch.no_grad():
             backbone(image)
     except _Captured:
         pass
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     if "weights" not in seen:
         raise RuntimeError(f"stage {stage} block {block} did not run: is the stage past the backbone's out_indices?")
     height, width = seen["grid"]

@@ -17,6 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from ..layers.fused_linear import fused_linear_available, linear
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..layers.window_attention import WindowAttention
@@ -72,8 +73,12 @@ class SwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         window, shift = self.window_and_shift(x.shape[1], x.shape[2])
-        x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training or self.attn.attn_impl != "sdpa" or not fused_linear_available(x):
+            x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Inference: biases, the GELU and both residual adds happen inside the linear kernels.
+        x = linear(self.attn.attend(self.norm1(x), window, shift), self.attn.proj, residual=x)
+        return linear(linear(self.norm2(x), self.mlp.fc1, "gelu"), self.mlp.fc2, residual=x)
 
 
 class SwinStage(nn.Module):

@@ -258,20 +258,26 @@ class WindowAttention(nn.Module):
         """
         if self.attn_impl == "reference" or is_tracing():
             return self._forward_reference(x, window, shift)
+        return self.proj_drop(self.proj(self.attend(x, window, shift)))
+
+    def attend(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+        """The fast path's attention output before the output projection (``forward`` minus ``proj``);
+        ``(B, H, W, C)`` -> ``(B, H, W, C)``. ``SwinBlock`` fuses the projection with its residual add."""
+        from .fused_linear import linear  # imports is_tracing from here
+
         b, h, w, c = x.shape
         nh, head_dim, n = self.num_heads, c // self.num_heads, window * window
         order = window_order(h, w, window, shift, b, x.device)
         windows = F.embedding(order.gather, x.reshape(-1, c))  # (B*nW*N, C), one copy
         if order.pads is not None:
             windows = windows.index_fill(0, order.pads, 0.0)
-        qkv = self.qkv(windows).view(-1, n, 3, nh, head_dim)
+        qkv = linear(windows, self.qkv).view(-1, n, 3, nh, head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B*nW, nH, N, d) views
         mask = self.folded_mask(-(-h // window) * window, -(-w // window) * window, window, shift, b, q.dtype)
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         out = out.transpose(1, 2).reshape(-1, c)  # token-major already: a view, no copy
-        out = F.embedding(order.scatter, out).view(b, h, w, c)
-        return self.proj_drop(self.proj(out))
+        return F.embedding(order.scatter, out).view(b, h, w, c)
 
     def attention_weights(self, x: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference attention weights ``softmax(q k^T / sqrt(d) + bias + shift mask)`` and the values.

@@ -1,0 +1,82 @@
+"""Linear layers with their bias, GELU or residual add inside one oneDNN call, for CPU inference.
+
+PyTorch's eager CPU ``F.linear`` first writes the broadcast bias into the output and then runs the matrix
+product on top of it, and a GELU or a residual add after it is one more pass over the output each. On the
+token-wise layers of a Swin block (qkv, projection, MLP) those passes cost as much as a third of the matrix
+product itself. PyTorch ships fused kernels for exactly this, the oneDNN ``mkldnn::_linear_pointwise`` ops that
+torch.compile's CPU backend emits, but eager modules never call them; ``linear`` does, when that is safe: CPU
+tensors, no autograd recording (the ops have no backward), float32 or bfloat16, PyTorch built with oneDNN and
+no graph being traced or compiled (ONNX export and torch.compile see plain ops). Everything else takes the plain
+path, which tests/layers/test_fused_linear.py holds the fused one to.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .window_attention import is_tracing
+
+ACTIVATIONS = (None, "gelu")
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear`` would compute in: the autocast dtype inside a CPU autocast region."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
+def fused_linear_available(x: torch.Tensor) -> bool:
+    """Whether ``linear`` takes the fused oneDNN path for input ``x``."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
+            and _compute_dtype(x) in _FUSED_DTYPES and not is_tracing())
+
+
+def _cast(layer: nn.Linear, name: str, dtype: torch.dtype) -> torch.Tensor | None:
+    """``layer.<name>`` in ``dtype``; autocast copies are kept on the layer (not in its state dict) until an
+    in-place update (optimizer step, load) changes the parameter's version or storage."""
+    param = getattr(layer, name)
+    if param is None or param.dtype == dtype:
+        return param
+    cache = layer.__dict__.setdefault("_fused_linear_casts", {})
+    key = (param._version, param.data_ptr(), dtype)
+    if cache.get(name, (None,))[0] != key:
+        cache[name] = (key, param.detach().to(dtype))
+    return cache[name][1]
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``activation(layer(x))``, or ``residual + layer(x)``.
+
+    Args:
+        x: ``(..., in_features)``.
+        layer: the ``nn.Linear`` whose weight and bias are used.
+        activation: None or ``'gelu'`` (exact, erf form, as ``nn.GELU()``).
+        residual: ``(..., out_features)`` added to the output; not together with an activation.
+
+    Returns:
+        ``(..., out_features)``; under CPU bfloat16 autocast, bfloat16 like ``F.linear``'s output (with a
+        residual: the residual's dtype, as ``residual + F.linear(x)`` would give).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if activation is not None and residual is not None:
+        raise ValueError("linear fuses an activation or a residual add, not both")
+    if not fused_linear_available(x):
+        y = F.linear(x, layer.weight, layer.bias)
+        if activation == "gelu":
+            y = F.gelu(y)
+        return y if residual is None else residual + y
+    dtype = _compute_dtype(x)
+    weight, bias = _cast(layer, "weight", dtype), _cast(layer, "bias", dtype)
+    flat = x.to(dtype).reshape(-1, x.shape[-1])
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    if residual is not None and residual.dtype == dtype:
+        y = torch.ops.mkldnn._linear_pointwise.binary(flat, residual.reshape(-1, weight.shape[0]), weight, bias,
+                                                      "add")
+        return y.view(out_shape)
+    y = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, activation or "none", [], "none")
+    y = y.view(out_shape)
+    # A float32 residual under autocast stays float32 (type promotion), as in the plain path.
+    return y if residual is None else residual + y

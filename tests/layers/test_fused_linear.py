@@ -1,0 +1,82 @@
+"""Fused oneDNN linear (bias, GELU, residual add) against the plain F.linear path."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from densekit.layers import fused_linear
+from densekit.layers.fused_linear import fused_linear_available, linear
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+
+
+def _layer(n_in: int, n_out: int, bias: bool = True, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(n_in, n_out, bias=bias)
+    if bias:
+        nn.init.normal_(layer.bias)  # a zero bias would hide a dropped one
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("activation", "with_residual"), [(None, False), ("gelu", False), (None, True)])
+def test_fused_equals_plain_fp32(activation, with_residual, bias):
+    layer = _layer(48, 80, bias)
+    x = torch.randn(2, 7, 9, 48)
+    residual = torch.randn(2, 7, 9, 80) if with_residual else None
+    with torch.no_grad():
+        assert fused_linear_available(x)
+        got = linear(x, layer, activation, residual)
+    expected = F.linear(x, layer.weight, layer.bias)
+    expected = F.gelu(expected) if activation else expected
+    expected = expected + residual if with_residual else expected
+    assert got.shape == expected.shape == (2, 7, 9, 80) and got.dtype == torch.float32
+    assert (got - expected.detach()).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(("activation", "with_residual"), [(None, False), ("gelu", False), (None, True)])
+def test_fused_under_bf16_autocast_matches_autocast_dtypes(activation, with_residual):
+    layer = _layer(64, 32)
+    x = torch.randn(50, 64)
+    residual = torch.randn(50, 32) if with_residual else None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear(x, layer, activation, residual)
+        plain = F.linear(x, layer.weight, layer.bias)
+        plain = F.gelu(plain) if activation else plain
+        plain = residual + plain if with_residual else plain
+    assert got.dtype == plain.dtype  # bf16, or float32 when a float32 residual is added
+    ref = F.linear(x, layer.weight, layer.bias)
+    ref = F.gelu(ref) if activation else ref
+    ref = residual + ref if with_residual else ref
+    assert (got.float() - ref.detach()).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_cast_cache_follows_weight_updates():
+    layer = _layer(16, 8)
+    x = torch.randn(4, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = linear(x, layer)
+        layer.weight.mul_(2)
+        after = linear(x, layer)
+    assert not torch.allclose(before.float(), after.float())
+
+
+def test_plain_path_when_autograd_records_or_tracing(monkeypatch):
+    layer = _layer(8, 8)
+    x = torch.randn(3, 8, requires_grad=True)
+    assert not fused_linear_available(x)  # grad mode on: the oneDNN ops have no backward
+    linear(x, layer, "gelu").sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+    monkeypatch.setattr(fused_linear, "is_tracing", lambda: True)
+    with torch.no_grad():
+        assert not fused_linear_available(x)
+
+
+def test_bad_arguments():
+    layer = _layer(4, 4)
+    with pytest.raises(ValueError, match="relu"):
+        linear(torch.randn(2, 4), layer, "relu")
+    with pytest.raises(ValueError, match="not both"):
+        linear(torch.randn(2, 4), layer, "gelu", torch.randn(2, 4))
