@@ -270,7 +270,7 @@ class WindowAttention(nn.Module):
         order = window_order(h, w, window, shift, b, x.device)
         windows = F.embedding(order.gather, x.reshape(-1, c))  # (B*nW*N, C), one copy
         if order.pads is not None:
-            windows = windows.index_fill(0, order.pads, 0.0)
+            windows.index_fill_(0, order.pads, 0.0)  # a fresh tensor: in place, no copy
         qkv = linear(windows, self.qkv).view(-1, n, 3, nh, head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B*nW, nH, N, d) views
         mask = self.folded_mask(-(-h // window) * window, -(-w // window) * window, window, shift, b, q.dtype)
