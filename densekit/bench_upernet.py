@@ -22,11 +22,17 @@ from .benchmark import (
     SuiteResult,
     _ms,
     compare,
+    compile_statuses,
     gemm_rate,
     inference_case,
     max_abs_diff,
+    mode_column,
+    mode_note,
     model_flops,
     peak_rss_above_resident,
+    prepare_input,
+    prepare_model,
+    prepare_step,
     register_suite,
     results_table,
 )
@@ -110,11 +116,12 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     h, w = config.size
     dev = config.device
     ours, hf = build_upernet_pair(config.seed)
-    ours, hf = ours.to(dev).eval(), hf.to(dev).eval()
+    ours, hf = prepare_model(ours.to(dev).eval(), config.mode), prepare_model(hf.to(dev).eval(), config.mode)
     gen = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
+    x = prepare_input(torch.randn(config.batch, 3, h, w, generator=gen).to(dev), config.mode)
     forwards = _inference(ours, hf, x)
-    infer = {n: inference_case(f, config.mode, dev) for n, f in forwards.items()}
+    steps = {f"infer {n}": prepare_step(f, config.mode, f"infer {n}") for n, f in forwards.items()}
+    infer = {n: inference_case(steps[f"infer {n}"], config.mode, dev) for n in forwards}
     ours_logits = infer["densekit"]()
     diff = max_abs_diff(ours_logits, infer["HF transformers"]())
     if config.mode == "fp32" and diff > AGREEMENT_TOL:
@@ -132,7 +139,7 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     ours.train(), hf.train()
     # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
     train_batch = max(2, config.batch)
-    xt = torch.randn(train_batch, 3, h, w, generator=gen).to(dev)
+    xt = prepare_input(torch.randn(train_batch, 3, h, w, generator=gen).to(dev), config.mode)
     labels = torch.randint(0, NUM_CLASSES, (train_batch, h, w), generator=gen).to(dev)
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=config.mode == "bf16")
 
@@ -143,7 +150,10 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
 
         return run
 
-    train = {n: with_autocast(f) for n, f in _train_steps(ours, hf, xt, labels).items()}
+    train_steps = _train_steps(ours, hf, xt, labels)
+    steps.update({f"train {n}": prepare_step(f, config.mode, f"train {n}") for n, f in train_steps.items()})
+    train = {n: with_autocast(steps[f"train {n}"]) for n in train_steps}
+    # At least one warm-up round: AdamW makes its state at the first step (and compile mode compiles there).
     train_stats = compare(train, max(1, config.warmup), config.runs, dev)
     peak = {}
     if dev == "cpu" and config.peak_rss and config.mode == "fp32":
@@ -161,13 +171,21 @@ def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     bf16_text = (f" `{BF16}` is densekit under `torch.autocast('{dev}', dtype=torch.bfloat16)` timed in the same "
                  f"rounds: **{infer_stats[BF16].median / infer_stats['HF transformers'].median:.2f}x** HF's fp32 "
                  f"time, {100 * same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in infer_stats else ""
+    statuses = compile_statuses(steps) if config.mode == "compile" else {}
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     infer_diffs = {n: [f"{diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
-                       f"{100 * same_labels:.2f}%" if n == BF16 else "-"] for n in infer_stats}
+                       f"{100 * same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
+                   for n in infer_stats}
     infer_table = results_table(infer_stats, "HF transformers", infer_diffs,
-                                [f"max abs diff of logits vs HF ({config.mode})", "pixels with densekit fp32's label"])
+                                [f"max abs diff of logits vs HF ({config.mode})", "pixels with densekit fp32's label",
+                                 *mode_headers])
     train_table = results_table(train_stats, "HF transformers",
-                                {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-"] for n in train_stats},
-                                ["peak RSS above resident, MiB (own process)"])
+                                {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-", *mode_cells.get(f"train {n}", [])]
+                                 for n in train_stats}, ["peak RSS above resident, MiB (own process)", *mode_headers])
+    note = mode_note(config.mode, statuses)
+    check_text = (f" Agreement with HF (max abs diff of logits <= {AGREEMENT_TOL:g}) is enforced in fp32 mode; "
+                  "here the diff is reported.") if config.mode in ("channels_last", "compile") else ""
+    note_text = f"\n\n{note}{check_text}" if note else ""
     ratio_i = infer_stats["densekit"].median / infer_stats["HF transformers"].median
     ratio_t = train_stats["densekit"].median / train_stats["HF transformers"].median
     markdown = f"""
@@ -195,9 +213,10 @@ densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(infer_stats['densekit
 Compute rate: densekit's forward is {flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
 convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / rate:.0%}** of
 this machine's fp32 matmul rate measured in the same run
-({rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}
+({rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}{note_text}
 """
     return SuiteResult("upernet_swin_t", title, {**{f"infer {k}": v for k, v in infer_stats.items()},
                                                  **{f"train {k}": v for k, v in train_stats.items()}},
                        markdown, extra={"max_abs_diff": diff, "gflops": flops / 1e9, "gemm_gflops": rate / 1e9,
-                                        "same_labels_bf16": same_labels, "peak_rss": peak})
+                                        "same_labels_bf16": same_labels, "peak_rss": peak,
+                                        **({"compile": statuses} if statuses else {})})
