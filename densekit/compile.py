@@ -56,7 +56,7 @@ class CompiledOrEager:
 
     def _fall_back(self, reason: str) -> None:
         self.compiled, self.state, self.reason = None, "eager", reason
-        warnings.warn(f"torch.compile of {self.name} is unavailable ({reason}); running {self.name} eagerly "
+        warnings.warn(f"torch.compile of {self.name} failed ({reason}); running {self.name} eagerly "
                       "from now on", CompileFallbackWarning, stacklevel=3)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
