@@ -127,6 +127,8 @@ def test_gemm_rate_and_model_flops():
 
 
 # --------------------------------------------------------------------------- modes: fp32, bf16, channels_last, compile
+# The stand-ins of tests/mode_stubs.py are imported in the tests, not at the top: the peak-RSS test imports
+# this file as tests.test_benchmark in a process of its own, where tests/ is not on sys.path.
 
 
 def _load_tool():
@@ -134,24 +136,6 @@ def _load_tool():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
-
-
-def _failing_compile(fail_calls: set[int]):
-    """A torch.compile stand-in: the ``fail_calls``-th compiled callables (counting from 1) raise at their
-    first call, as inductor does without a C++ compiler; the others run the function itself."""
-    count = [0]
-
-    def fake_compile(fn, **kwargs):
-        count[0] += 1
-        if count[0] not in fail_calls:
-            return fn
-
-        def compiled(*args, **kw):
-            raise RuntimeError("C++ compile error: stand-in for a missing compiler")
-
-        return compiled
-
-    return fake_compile
 
 
 def test_modes_are_accepted_and_get_their_own_sections():
@@ -195,14 +179,9 @@ def test_mode_note_and_column():
 
 def test_swin_t_backbone_suite_channels_last(tmp_path, monkeypatch):
     """channels_last reaches every model and the input through the CLI, and gets its own docs section."""
-    prepared = []
-    original = benchmark.prepare_model
+    from mode_stubs import record_prepare_model
 
-    def spy(model, mode):
-        prepared.append((type(model).__module__.split(".")[0], mode))
-        return original(model, mode)
-
-    monkeypatch.setattr(benchmark, "prepare_model", spy)
+    prepared = record_prepare_model(monkeypatch, benchmark)
     threads = torch.get_num_threads()
     doc = tmp_path / "benchmarks.md"
     try:
@@ -223,9 +202,11 @@ def test_swin_t_backbone_suite_channels_last(tmp_path, monkeypatch):
 def test_swin_t_backbone_suite_compile_reports_fallbacks(monkeypatch):
     """compile mode: densekit's two steps 'compile' (the stand-in returns them as they are), timm's two fail at
     their first call and fall back to eager, one warning each; the table and notes say which is which."""
+    from mode_stubs import failing_compile
+
     from densekit.compile import CompileFallbackWarning
 
-    monkeypatch.setattr(torch, "compile", _failing_compile({3, 4}))
+    monkeypatch.setattr(torch, "compile", failing_compile({3, 4}))
     with pytest.warns(CompileFallbackWarning) as record:
         result = benchmark.run_suite("swin_t_backbone", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
                                                                               mode="compile"))
@@ -245,10 +226,12 @@ def test_upernet_suite_compile_falls_back_to_eager(monkeypatch):
     ``upernet_suite``): the fp32 agreement check runs first in every mode, and Swin-T agrees with HF's only
     where every stage is larger than the window (see test_upernet_suite_smoke)."""
     pytest.importorskip("transformers")
+    from mode_stubs import failing_compile
+
     from densekit import bench_upernet  # noqa: F401  (registers the suite)
     from densekit.compile import CompileFallbackWarning
 
-    monkeypatch.setattr(torch, "compile", _failing_compile({1, 2, 3, 4}))
+    monkeypatch.setattr(torch, "compile", failing_compile({1, 2, 3, 4}))
     with pytest.warns(CompileFallbackWarning) as record:
         result = benchmark.run_suite("upernet_convnext_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
                                                                                  mode="compile", peak_rss=False))
@@ -277,10 +260,12 @@ def test_upernet_suite_checks_fp32_agreement_in_every_mode():
 def test_swin_unet_volume_suite_new_modes(monkeypatch, mode):
     """Both loops call the one model: channels_last converts it, compile compiles its forward (here the
     stand-in compile returns it as it is); the fp32/bf16 pair of densekit cases becomes one case."""
+    from mode_stubs import failing_compile
+
     from densekit import bench_volume
 
     monkeypatch.setattr(bench_volume, "TRAIN_ITERS", 1)  # the fit only makes the labels organs; not needed here
-    monkeypatch.setattr(torch, "compile", _failing_compile(set()))
+    monkeypatch.setattr(torch, "compile", failing_compile(set()))
     result = benchmark.run_suite("swin_unet_volume", benchmark.BenchConfig(size=(32, 32), batch=2, runs=1,
                                                                            warmup=0, mode=mode))
     assert list(result.stats) == ["official loop (zoom)", "densekit"]
