@@ -396,8 +396,14 @@ def inference_case(fn: Callable[[], Any], mode: str, device: str) -> Callable[[]
 
 def compile_statuses(compiled: dict[str, Any]) -> dict[str, str]:
     """``{case: 'compiled' | 'eager (reason)' | ...}`` of the steps (or models) ``prepare_step`` /
-    ``maybe_compile`` compiled, read after the run (a fallback during the timed rounds shows too)."""
-    return {name: compile_status(obj) for name, obj in compiled.items()}
+    ``maybe_compile`` compiled, read after the run (a fallback during the timed rounds shows too). A case
+    compiled in parts (a list of them) reads as its first part that did not compile, else ``'compiled'``."""
+
+    def status(obj: Any) -> str:
+        parts = [compile_status(part) for part in (obj if isinstance(obj, list) else [obj])]
+        return next((s for s in parts if s != "compiled"), "compiled")
+
+    return {name: status(obj) for name, obj in compiled.items()}
 
 
 def mode_column(mode: str, statuses: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
