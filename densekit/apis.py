@@ -182,8 +182,9 @@ def build_model(cfg: Config, pretrained: bool = True) -> torch.nn.Module:
 
 
 def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
-               cfg_options: dict | None = None, unsafe_load: bool = False) -> torch.nn.Module:
-    """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode.
+               cfg_options: dict | None = None, unsafe_load: bool = False, compile: bool = False) -> torch.nn.Module:
+    """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode;
+    ``compile=True`` then compiles its inference path with a fallback to eager (``compile_inference``).
 
     ``checkpoint`` may be a densekit/mmengine checkpoint, a whole mmsegmentation or HuggingFace UperNet
     checkpoint (converted on load, see ``densekit.convert.segmentor``), or for RPN configs an mmdetection or
@@ -207,7 +208,28 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
         meta, model.load_report = report.dataset_meta, report
     model.cfg = cfg
     model.dataset_meta = meta or _dataset_meta(cfg)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if compile:
+        compile_inference(model)
+    return model
+
+
+def compile_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Compile, in place, the part of ``model`` every inference path runs (``densekit.compile.compile_method``:
+    ``torch.compile`` at the first call, eager with one warning naming the reason where that fails; the class,
+    attributes and state dict stay as they are). Returns ``model``.
+
+    Segmentors (UPerNet, Swin-Unet): ``encode_decode``, the logits ``(B, K, H, W)`` that ``predict``, sliding
+    windows, TTA and Swin-Unet's ``mode='tensor'`` use. RPN: ``extract_feat`` (backbone and FPN); proposal
+    decoding and NMS, whose output sizes depend on the data, stay eager. A new input size compiles again.
+    """
+    from .compile import compile_method
+
+    for method in ("encode_decode", "extract_feat"):
+        if callable(getattr(model, method, None)):
+            compile_method(model, method)
+            return model
+    raise TypeError(f"compile_inference: {type(model).__name__} has neither encode_decode nor extract_feat")
 
 
 def _dataset_meta(cfg: Config) -> dict:

@@ -16,11 +16,14 @@ from .benchmark import (
     BenchConfig,
     SuiteResult,
     _ms,
-    backbone_forwards,
+    backbone_cases,
+    case_diffs_against_timm,
     check_agreement,
     compare,
+    compile_statuses,
     diffs_against_timm,
-    inference_case,
+    mode_column,
+    mode_note,
     register_suite,
     results_table,
 )
@@ -89,21 +92,27 @@ def convnext_t_backbone(config: BenchConfig) -> SuiteResult:
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
 
-    check_diffs = diffs_against_timm(models, x, "fp32", dev)
+    check_diffs = diffs_against_timm(models, x, "fp32", dev)  # on the models as built, before the mode
     check_agreement(check_diffs, f"ConvNeXt-T maps against timm's at {h}x{w}")
-    run_diffs = check_diffs if config.mode == "fp32" else diffs_against_timm(models, x, config.mode, dev)
-    cases = {n: inference_case(f, config.mode, dev) for n, f in backbone_forwards(models, x).items()}
+    cases, steps = backbone_cases(models, x, config)
+    # In compile mode, these first calls compile (before the timed rounds).
+    run_diffs = check_diffs if config.mode == "fp32" else case_diffs_against_timm(cases)
     stats = compare(cases, config.warmup, config.runs, dev)
 
     size = f"{h}x{w}"
+    statuses = compile_statuses(steps) if config.mode == "compile" else {}
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     headers = [f"max abs diff vs timm, fp32 (checked <= {AGREEMENT_TOL:g})"]
     diffs = {n: [f"{check_diffs[n]:.1e}"] for n in stats}
     if config.mode != "fp32":
         headers.append(f"max abs diff vs timm, {config.mode}")
         diffs = {n: [*diffs[n], f"{run_diffs[n]:.1e}"] for n in stats}
-    table = results_table(stats, "timm", diffs, headers)
+    table = results_table(stats, "timm", {n: [*d, *mode_cells.get(n, [])] for n, d in diffs.items()},
+                          headers + mode_headers)
     ours, peer = stats["densekit"], stats["timm"]
     autocast = f", `torch.autocast('{dev}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
+    note = mode_note(config.mode, statuses)
+    note = f"\n{note}\n" if note else ""
     markdown = f"""
 What: `densekit.create_backbone('{TIMM_CONVNEXT_T}', out_norm=False)` (a `TimmBackbone`: timm's model with
 its classifier pruned, the input padded to a multiple of 32 and the four stage maps cropped back, NCHW)
@@ -122,7 +131,7 @@ than timm).
 {table}
 
 densekit / timm (median): **{ours.median / peer.median:.2f}x** ({_ms(ours.median)} ms vs {_ms(peer.median)} ms).
-"""
+{note}"""
     title = f"ConvNeXt-T backbone forward, {size}, batch {config.batch}, {config.mode}, {dev}"
-    return SuiteResult("convnext_t_backbone", title, stats, markdown,
-                       extra={"check_diffs": check_diffs, "run_diffs": run_diffs})
+    extra = {"check_diffs": check_diffs, "run_diffs": run_diffs, **({"compile": statuses} if statuses else {})}
+    return SuiteResult("convnext_t_backbone", title, stats, markdown, extra=extra)

@@ -9,8 +9,10 @@ given densekit's test settings (``match_rpn_settings``). Both take the same alre
 
 Checked: the head's objectness and deltas per level agree (``HEAD_TOL``). Reported, not checked: how many of
 densekit's best proposals torchvision also proposes (``top_k_match``), since mmdetection's and torchvision's
-conventions differ by design (tests/heads/test_rpn_head.py). Registered in ``densekit.benchmark`` on import
-(``tools/benchmark.py`` imports it).
+conventions differ by design (tests/heads/test_rpn_head.py). ``--mode`` applies to both alike
+(``prepare_mode``): ``channels_last`` converts both models and the batch; ``compile`` compiles each one's feature
+path (backbone, FPN, head) in place, leaving decoding and NMS eager. Registered in ``densekit.benchmark`` on
+import (``tools/benchmark.py`` imports it).
 """
 from __future__ import annotations
 
@@ -28,12 +30,18 @@ from .benchmark import (
     SuiteResult,
     _ms,
     compare,
+    compile_statuses,
     inference_case,
     markdown_table,
     max_abs_diff,
+    mode_column,
+    mode_note,
+    prepare_input,
+    prepare_model,
     register_suite,
     results_table,
 )
+from .compile import CompiledOrEager, compile_method
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "rpn_r50_fpn_1x_coco.py"
 HEAD_TOL = 1e-5
@@ -189,6 +197,27 @@ def settings_table(cfg: dict, rpn: nn.Module) -> str:
     return markdown_table(["densekit", "value", "torchvision", "value"], rows)
 
 
+# --------------------------------------------------------------------------- modes
+
+
+COMPILED_PATHS = ("anchors, decoding, top-k and NMS, whose sizes depend on the data, stay eager in both models, and "
+                  "each model's feature path is compiled in place: densekit's `extract_feat` (ResNet-50 + FPN, what "
+                  "`init_model(compile=True)` compiles for an RPN) and `rpn_head.forward`, torchvision's "
+                  "`backbone.forward` (ResNet-50 + FPN) and `rpn.head.forward`, each by "
+                  "`densekit.compile.compile_method`")
+
+
+def prepare_mode(ours: nn.Module, peer: nn.Module, mode: str) -> dict[str, list[CompiledOrEager]]:
+    """Apply ``mode`` to both models in place: ``channels_last`` through ``prepare_model``; ``compile`` compiles
+    each one's feature path (``COMPILED_PATHS``), compiling at the first call. Returns the compiled parts per
+    implementation (``{}`` outside ``compile``), for ``compile_statuses``."""
+    ours, peer = prepare_model(ours, mode), prepare_model(peer, mode)
+    if mode != "compile":
+        return {}
+    return {"densekit": [compile_method(ours, "extract_feat"), compile_method(ours.rpn_head, "forward")],
+            PEER: [compile_method(peer.backbone, "forward"), compile_method(peer.rpn.head, "forward")]}
+
+
 # --------------------------------------------------------------------------- the suite
 
 
@@ -200,14 +229,19 @@ def rpn_r50_fpn(config: BenchConfig) -> SuiteResult:
     ours, peer = build_rpn_pair(config.seed)
     ours, peer = ours.to(dev), peer.to(dev)
     x = torch.randn(config.batch, 3, h, w, generator=torch.Generator().manual_seed(config.seed)).to(dev)
-    checked = _agreement(ours, peer, x, "fp32", dev)
+    checked = _agreement(ours, peer, x, "fp32", dev)  # on the models as built, before the mode
     if checked["head_diff"] > HEAD_TOL:
         raise AssertionError(f"RPN head outputs disagree with torchvision beyond {HEAD_TOL}: "
                              f"{checked['head_diff']:.2e} (outputs up to {checked['head_max']:.1f})")
+    compiled = prepare_mode(ours, peer, config.mode)
+    x = prepare_input(x, config.mode)
+    # In compile mode, this first run compiles (before the timed rounds).
     run = checked if config.mode == "fp32" else _agreement(ours, peer, x, config.mode, dev)
     cases = {n: inference_case(f, config.mode, dev) for n, f in _proposal_forwards(ours, peer, x).items()}
     stats = compare(cases, config.warmup, config.runs, dev)
 
+    statuses = compile_statuses(compiled)
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     modes = dict.fromkeys(("fp32", config.mode))
     agreement = {"fp32": checked, config.mode: run}
     diff_headers = [f"head max abs diff vs {PEER}, {m}" + (f" (checked <= {HEAD_TOL:g})" if m == "fp32" else "")
@@ -215,13 +249,16 @@ def rpn_r50_fpn(config: BenchConfig) -> SuiteResult:
     diff_headers += [f"top-{TOP_K} boxes with an IoU > {MATCH_IOU} match in {PEER}'s, {m}" for m in modes]
     diffs = {"densekit": [f"{agreement[m]['head_diff']:.1e}" for m in modes]
              + [f"{100 * agreement[m]['match']:.1f}%" for m in modes]}
-    table = results_table(stats, PEER, diffs, diff_headers)
+    diffs = {n: [*diffs.get(n, ["-"] * len(diff_headers)), *mode_cells.get(n, [])] for n in stats}
+    table = results_table(stats, PEER, diffs, diff_headers + mode_headers)
     cfg = ours.rpn_head.test_cfg
     settings = settings_table(cfg, peer.rpn)
     ratio = stats["densekit"].median / stats[PEER].median
     size = f"{h}x{w}"
     title = f"RPN R50-FPN proposals, {size}, batch {config.batch}, {config.mode}, {dev}"
     autocast = f" under `torch.autocast('{dev}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
+    note = mode_note(config.mode, statuses, compiled_what=COMPILED_PATHS)
+    note = f"\n{note}\n" if note else ""
     markdown = f"""
 What: the proposal stage of `configs/rpn_r50_fpn_1x_coco.py` (densekit `RPN.predict(x, rescale=False)`:
 ResNet-50 (timm), FPN P2-P6, `RPNHead`, decoding, per-level top-k, `torchvision.ops.batched_nms`) against
@@ -255,6 +292,7 @@ and min over the rounds; ratio = median / torchvision's median (below 1 = faster
 {table}
 
 densekit / torchvision (median): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs {_ms(stats[PEER].median)} ms).
-"""
-    return SuiteResult("rpn_r50_fpn", title, stats, markdown, extra={"agreement": agreement})
+{note}"""
+    return SuiteResult("rpn_r50_fpn", title, stats, markdown,
+                       extra={"agreement": agreement, **({"compile": statuses} if statuses else {})})
 

@@ -29,11 +29,17 @@ from .benchmark import (
     _ms,
     check_agreement,
     compare,
+    compile_statuses,
     gemm_rate,
     inference_case,
     max_abs_diff,
+    mode_column,
+    mode_note,
     model_flops,
     peak_rss_above_resident,
+    prepare_input,
+    prepare_model,
+    prepare_step,
     register_suite,
     results_table,
 )
@@ -184,39 +190,44 @@ class _Inference:
     same_labels: float | None  # share of pixels where bf16 autocast keeps densekit fp32's label (fp32 runs)
     flops: int  # densekit's forward
     gemm_rate: float  # the machine's fp32 matmul FLOP/s
+    steps: dict[str, Callable[[], Any]]  # 'infer <impl>': the timed step as the mode runs it (prepare_step)
 
 
 def _time_inference(ours: nn.Module, hf: nn.Module, config: BenchConfig, title: str) -> _Inference:
-    """Check fp32 agreement, then time both forwards (plus densekit under bf16 autocast in fp32 runs)."""
+    """Check fp32 agreement on the models as built, then apply the mode (``prepare_model``, ``prepare_input``,
+    ``prepare_step``) and time both forwards (plus densekit under bf16 autocast in fp32 runs)."""
     h, w = config.size
     dev = config.device
     ours, hf = ours.to(dev).eval(), hf.to(dev).eval()
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
     diff, ours_logits = checked_logits(ours, hf, x, f"{title} logits against HF's at {h}x{w}", dev)
-    forwards = _inference(ours, hf, x)
-    infer = {n: inference_case(f, config.mode, dev) for n, f in forwards.items()}
+    ours, hf = prepare_model(ours, config.mode), prepare_model(hf, config.mode)
+    forwards = _inference(ours, hf, prepare_input(x, config.mode))
+    steps = {f"infer {n}": prepare_step(f, config.mode, f"infer {n}") for n, f in forwards.items()}
+    infer = {n: inference_case(steps[f"infer {n}"], config.mode, dev) for n in forwards}
     same_labels = None
     if config.mode == "fp32":  # bf16 autocast against HF's fp32 time, and against densekit's fp32 labels
         infer[BF16] = inference_case(forwards["densekit"], "bf16", dev)
         same_labels = float((infer[BF16]()[0].argmax(1) == ours_logits.argmax(1)).float().mean())
-    else:
+    else:  # in compile mode, these first calls compile (before the timed rounds)
         diff = max_abs_diff(infer["densekit"](), infer[HF]())
     stats = compare(infer, config.warmup, config.runs, dev)
     with torch.inference_mode():
         flops = model_flops(forwards["densekit"])
-    return _Inference(stats, diff, same_labels, flops, gemm_rate(device=dev))
+    return _Inference(stats, diff, same_labels, flops, gemm_rate(device=dev), steps)
 
 
 def _time_training(ours: nn.Module, hf: nn.Module, config: BenchConfig, backbone: str, train_batch: int
-                   ) -> tuple[dict[str, Stats], dict[str, int]]:
-    """Time one training step of each model interleaved; then, on CPU in fp32 with ``config.peak_rss``, each
-    step's peak RSS in a process of its own. Returns (stats, peak bytes by implementation)."""
+                   ) -> tuple[dict[str, Stats], dict[str, int], dict[str, Callable[[], Any]]]:
+    """Time one training step of each model interleaved, in the mode (models already prepared by
+    ``_time_inference``); then, on CPU in fp32 with ``config.peak_rss``, each step's peak RSS in a process of its
+    own. Returns (stats, peak bytes by implementation, ``{'train <impl>': step as the mode runs it}``)."""
     h, w = config.size
     dev = config.device
     ours.train(), hf.train()
     gen = torch.Generator().manual_seed(config.seed)  # the inputs train_step draws
-    xt = torch.randn(train_batch, 3, h, w, generator=gen).to(dev)
+    xt = prepare_input(torch.randn(train_batch, 3, h, w, generator=gen).to(dev), config.mode)
     labels = torch.randint(0, NUM_CLASSES, (train_batch, h, w), generator=gen).to(dev)
     autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=config.mode == "bf16")
 
@@ -227,19 +238,32 @@ def _time_training(ours: nn.Module, hf: nn.Module, config: BenchConfig, backbone
 
         return run
 
-    train = {n: with_autocast(f) for n, f in _train_steps(ours, hf, xt, labels).items()}
+    train_steps = _train_steps(ours, hf, xt, labels)
+    steps = {f"train {n}": prepare_step(f, config.mode, f"train {n}") for n, f in train_steps.items()}
+    train = {n: with_autocast(steps[f"train {n}"]) for n in train_steps}
+    # At least one warm-up round: AdamW makes its state at the first step (and compile mode compiles there).
     stats = compare(train, max(1, config.warmup), config.runs, dev)
     peak = {}
     if dev == "cpu" and config.peak_rss and config.mode == "fp32":
         for name in train:
             peak[name] = peak_rss_above_resident(__name__, "train_step", dict(
                 impl=name, height=h, width=w, batch=train_batch, seed=config.seed, backbone=backbone))
-    return stats, peak
+    return stats, peak, steps
+
+
+def _mode_text(mode: str, statuses: dict[str, str]) -> str:
+    """The paragraph ``channels_last`` and ``compile`` add (``mode_note``, and where agreement is enforced); empty
+    for ``fp32`` and ``bf16``, whose text reads as it always has."""
+    note = mode_note(mode, statuses)
+    return (f"\n\n{note} Agreement with HF (max abs diff of logits <= {AGREEMENT_TOL:g}) is enforced in fp32 mode, "
+            "on the models as built, before the mode is applied; the table reports the diff in this mode."
+            ) if note else ""
 
 
 def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: dict[str, Stats],
-              peak: dict[str, int], train_batch: int) -> str:
-    """The suite's text: what is compared, how, the inference and training tables, ratios, compute rate."""
+              peak: dict[str, int], train_batch: int, statuses: dict[str, str]) -> str:
+    """The suite's text: what is compared, how, the inference and training tables (with ``compile`` mode's
+    column from ``statuses``), ratios, compute rate, the mode's note."""
     dev = config.device
     istats = inf.stats
     achieved = inf.flops / istats["densekit"].median
@@ -254,12 +278,15 @@ def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: di
     weights_text = (" HF initialises ConvNeXt's layer scales to 1e-6, which would leave every block's contribution "
                     "below the agreement tolerance, so they are set to U(0.5, 1) (seeded) before conversion."
                     ) if pair.spread_layer_scales else ""
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     infer_diffs = {n: [f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
-                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-"] for n in istats}
+                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
+                   for n in istats}
     infer_table = results_table(istats, HF, infer_diffs, [f"max abs diff of logits vs HF ({config.mode})",
-                                                          "pixels with densekit fp32's label"])
-    train_table = results_table(train, HF, {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-"] for n in train},
-                                ["peak RSS above resident, MiB (own process)"])
+                                                          "pixels with densekit fp32's label", *mode_headers])
+    train_table = results_table(train, HF, {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-",
+                                                *mode_cells.get(f"train {n}", [])] for n in train},
+                                ["peak RSS above resident, MiB (own process)", *mode_headers])
     ratio_i = istats["densekit"].median / istats[HF].median
     ratio_t = train["densekit"].median / train[HF].median
     return f"""
@@ -288,24 +315,27 @@ densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].me
 Compute rate: densekit's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
 convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / inf.gemm_rate:.0%}**
 of this machine's fp32 matmul rate measured in the same run
-({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}
+({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}{_mode_text(config.mode, statuses)}
 """
 
 
 def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
-    """UPerNet (``UPERNETS[backbone]``) inference and training step, densekit against HF on identical weights."""
+    """UPerNet (``UPERNETS[backbone]``) inference and training step, densekit against HF on identical weights,
+    in ``config.mode`` (applied to both models alike; agreement enforced in fp32 first)."""
     pair = UPERNETS[backbone]
     ours, hf = build_upernet_pair(config.seed, backbone)
     inf = _time_inference(ours, hf, config, pair.title)
     # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
     train_batch = max(2, config.batch)
-    train, peak = _time_training(ours, hf, config, backbone, train_batch)
+    train, peak, train_steps = _time_training(ours, hf, config, backbone, train_batch)
+    statuses = compile_statuses({**inf.steps, **train_steps}) if config.mode == "compile" else {}
     h, w = config.size
     title = f"{pair.title}, {h}x{w}, batch {config.batch}, {config.mode}, {config.device}"
     stats = {**{f"infer {k}": v for k, v in inf.stats.items()}, **{f"train {k}": v for k, v in train.items()}}
-    return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch),
+    return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch, statuses),
                        extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
-                              "same_labels_bf16": inf.same_labels, "peak_rss": peak})
+                              "same_labels_bf16": inf.same_labels, "peak_rss": peak,
+                              **({"compile": statuses} if statuses else {})})
 
 
 @register_suite

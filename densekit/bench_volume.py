@@ -19,7 +19,19 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
-from .benchmark import BenchConfig, SuiteResult, _ms, compare, register_suite, results_table
+from .benchmark import (
+    BenchConfig,
+    SuiteResult,
+    _ms,
+    compare,
+    compile_statuses,
+    mode_column,
+    mode_note,
+    prepare_model,
+    register_suite,
+    results_table,
+)
+from .compile import maybe_compile
 from .medical_inference import infer_volume
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "swin_unet_t_synapse.py"
@@ -107,6 +119,10 @@ def swin_unet_volume(config: BenchConfig) -> SuiteResult:
     model = build_swin_unet(config.seed)
     volume, labels = synthetic_volume(depth, h, w, config.seed)
     fit_to_volume(model, volume, labels, TRAIN_ITERS, config.seed)
+    # channels_last / compile change the one model both loops call (their 1-channel slices are the same bytes in
+    # either memory format); fp32 and bf16 keep the cases they always had.
+    new_mode = config.mode in ("channels_last", "compile")
+    maybe_compile(prepare_model(model, config.mode), enabled=config.mode == "compile")
 
     def densekit_case(dtype: torch.dtype | None) -> Callable[[], np.ndarray]:
         def run() -> np.ndarray:
@@ -118,23 +134,39 @@ def swin_unet_volume(config: BenchConfig) -> SuiteResult:
 
     cases = {"official loop (zoom)": lambda: official_volume_loop(model, volume),
              "densekit": densekit_case(None), "densekit bf16": densekit_case(torch.bfloat16)}
-    outputs = {name: fn() for name, fn in cases.items()}
+    if new_mode:
+        del cases["densekit bf16"]
+    outputs = {name: fn() for name, fn in cases.items()}  # in compile mode, compiles (before the timed rounds)
     reference = outputs["official loop (zoom)"]
     agreement = {name: float((out == reference).mean()) for name, out in outputs.items()}
     dice = {name: organ_dice(out, labels) for name, out in outputs.items()}
     stats = compare(cases, max(0, config.warmup - 1), config.runs, "cpu")
+    statuses = compile_statuses({name: model for name in cases}) if config.mode == "compile" else {}
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     table = results_table(stats, "official loop (zoom)",
-                          {n: [f"{100 * agreement[n]:.2f}%", f"{dice[n]:.3f}"] for n in outputs},
-                          ["voxels with the official loop's label", "mean organ Dice vs the volume's truth"])
+                          {n: [f"{100 * agreement[n]:.2f}%", f"{dice[n]:.3f}", *mode_cells.get(n, [])]
+                           for n in outputs},
+                          ["voxels with the official loop's label", "mean organ Dice vs the volume's truth",
+                           *mode_headers])
+    note = mode_note(config.mode, statuses, compiled_what="the one model both loops call has its forward compiled "
+                     "by `densekit.compile.maybe_compile`")
+    if config.mode == "channels_last":
+        note += (" The slices have one channel, the same bytes in either memory format, so here only the model's "
+                 "weights change (its patch embedding and output convolutions).")
+    note_text = f"\n\n{note}" if note else ""
     caveat = ("\n\n**Caveat:** the fitted model's organ Dice is below 0.5 in this run (it labels few or no organ "
               "voxels), so the voxel agreement above says little about how the two loops' labels differ; the "
               "timings stand.") if dice["densekit"] < 0.5 else ""
-    title = f"Swin-Unet volume inference, {depth} slices of {h}x{w}, model input 224x224, cpu"
+    mode_title = f", {config.mode}" if new_mode else ""
+    title = f"Swin-Unet volume inference, {depth} slices of {h}x{w}, model input 224x224{mode_title}, cpu"
     ratio = stats["densekit"].median / stats["official loop (zoom)"].median
+    precision = (f"fp32, mode `{config.mode}`, see below" if new_mode
+                 else "fp32, and under\n`torch.autocast('cpu', dtype=torch.bfloat16)`")
+    precision += ") against the official Swin-Unet `test_single_volume` loop"
+    ratio_mode = config.mode if new_mode else "fp32"
     markdown = f"""
 What: `densekit.medical_inference.infer_volume(model, volume, batch_size=16)` (batches of 16 slices, torch
-bicubic resize to 224x224, bilinear resize of the logits back, one argmax per batch; fp32, and under
-`torch.autocast('cpu', dtype=torch.bfloat16)`) against the official Swin-Unet `test_single_volume` loop
+bicubic resize to 224x224, bilinear resize of the logits back, one argmax per batch; {precision}
 (`scipy.ndimage.zoom(order=3)` per slice, a forward per slice, `zoom(order=0)` of the labels), on the same
 Swin-Unet (`configs/swin_unet_t_synapse.py`, seeded random weights fitted for {TRAIN_ITERS} AdamW steps to the
 volume's organs, see `fit_to_volume`) and a synthetic volume of 4 ellipsoid organs. Median and
@@ -142,7 +174,8 @@ min over {config.runs} interleaved rounds; ratio = median / the official loop's 
 
 {table}
 
-densekit / official loop (median, fp32): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
-{_ms(stats['official loop (zoom)'].median)} ms).{caveat}
+densekit / official loop (median, {ratio_mode}): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
+{_ms(stats['official loop (zoom)'].median)} ms).{caveat}{note_text}
 """
-    return SuiteResult("swin_unet_volume", title, stats, markdown, extra={"agreement": agreement, "dice": dice})
+    extra = {"agreement": agreement, "dice": dice, **({"compile": statuses} if statuses else {})}
+    return SuiteResult("swin_unet_volume", title, stats, markdown, extra=extra)

@@ -2,7 +2,8 @@
 
 DESIGN.md §7: benchmarks compare densekit with a peer implementation of the same model and
 weights in the same process, A/B interleaved, and report medians and ratios. Read top to bottom:
-timing, machine info, markdown, the docs-section writer, the suite registry, then the suites.
+timing, machine info, markdown, the docs-section writer, the suite registry, the modes (fp32, bf16,
+channels_last, compile), then the suites.
 
 A suite is a function ``(BenchConfig) -> SuiteResult`` registered with ``@register_suite``; it
 builds its cases (callables running one step), checks that they agree, times them with
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .compile import compile_status, compile_with_fallback
 from .fileio import save_atomically
 
-MODES = ("fp32", "bf16")
+MODES = ("fp32", "bf16", "channels_last", "compile")
 DEVICES = ("cpu", "cuda")
 
 
@@ -352,6 +354,34 @@ def render_section(result: SuiteResult, config: BenchConfig, command: str, load_
     )
 
 
+# --------------------------------------------------------------------------- modes
+# fp32: as built. bf16: fp32 weights under torch.autocast(bfloat16). channels_last: fp32, models and inputs in
+# torch.channels_last. compile: fp32, each timed step through torch.compile with a fallback to eager. Every suite
+# applies a mode through these helpers to densekit and its peers alike.
+
+
+def prepare_model(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` as ``mode`` runs it, changed in place and returned: ``channels_last`` moves its 4-D parameters
+    and buffers (convolution weights) to ``torch.channels_last``; the other modes leave it as it is (``bf16``
+    autocasts at call time, ``compile`` compiles the step: see ``prepare_step``)."""
+    if mode == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def prepare_input(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """An image batch ``(B, C, H, W)`` as ``mode`` feeds it: channels-last for ``channels_last``, else ``x``."""
+    return x.contiguous(memory_format=torch.channels_last) if mode == "channels_last" else x
+
+
+def prepare_step(fn: Callable[[], Any], mode: str, name: str) -> Callable[[], Any]:
+    """A step (one forward, one training step) as ``mode`` runs it: for ``compile``, ``fn`` compiled by
+    ``densekit.compile.compile_with_fallback`` (``torch.compile``, inductor, default options; eager with one
+    warning naming ``name`` and the reason when that fails), else ``fn`` itself. Compilation happens at the
+    step's first call, which every suite makes before its timed rounds (agreement run or warm-up)."""
+    return compile_with_fallback(fn, name) if mode == "compile" else fn
+
+
 def inference_case(fn: Callable[[], Any], mode: str, device: str) -> Callable[[], Any]:
     """Wrap one forward in ``torch.inference_mode`` and, for ``bf16``, ``torch.autocast``."""
 
@@ -362,6 +392,50 @@ def inference_case(fn: Callable[[], Any], mode: str, device: str) -> Callable[[]
             return fn()
 
     return run
+
+
+def compile_statuses(compiled: dict[str, Any]) -> dict[str, str]:
+    """``{case: 'compiled' | 'eager (reason)' | ...}`` of the steps (or models) ``prepare_step`` /
+    ``maybe_compile`` compiled, read after the run (a fallback during the timed rounds shows too). A case
+    compiled in parts (a list of them) reads as its first part that did not compile, else ``'compiled'``."""
+
+    def status(obj: Any) -> str:
+        parts = [compile_status(part) for part in (obj if isinstance(obj, list) else [obj])]
+        return next((s for s in parts if s != "compiled"), "compiled")
+
+    return {name: status(obj) for name, obj in compiled.items()}
+
+
+def mode_column(mode: str, statuses: dict[str, str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The extra results-table column of ``compile`` (``([header], {case: [cell]})``); none for other modes."""
+    if mode != "compile":
+        return [], {}
+    return ["torch.compile"], {n: ["compiled" if s == "compiled" else "eager fallback"] for n, s in statuses.items()}
+
+
+COMPILED_STEPS = "every timed step (a forward, a training step) is compiled by `densekit.compile.compile_with_fallback`"
+
+
+def mode_note(mode: str, statuses: dict[str, str], compiled_what: str = COMPILED_STEPS) -> str:
+    """The paragraph a section adds for ``channels_last`` and ``compile``: what the mode did and, for
+    ``compile``, which cases ran compiled and which fell back, with the reason. Empty for ``fp32`` and
+    ``bf16``, whose sections read as they always have."""
+    if mode == "channels_last":
+        return ("Mode `channels_last`: fp32, every model moved to `torch.channels_last` (`model.to(memory_format="
+                "torch.channels_last)`: its 4-D weights, i.e. the convolutions) and every input image batch made "
+                "channels-last (`x.contiguous(memory_format=torch.channels_last)`), densekit and the peers alike.")
+    if mode != "compile":
+        return ""
+    fell_back = {n: s for n, s in statuses.items() if s != "compiled"}
+    outcome = ("Every case ran compiled." if not fell_back else "Fell back to eager: " + "; ".join(
+        f"`{n}`: {s}" for n, s in fell_back.items()) + ". Those rows are eager timings.")
+    return (f"Mode `compile`: fp32; {compiled_what} (`torch.compile`, default inductor backend and options; "
+            "eager with a warning where compilation fails), densekit and the peers alike. Compilation happens at "
+            "the first call (and again at each new input shape), before the timed rounds (in the agreement run "
+            f"or a warm-up round), so compile time is not in the timings. {outcome}")
+
+
+# --------------------------------------------------------------------------- agreement and results tables
 
 
 def max_abs_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
@@ -514,11 +588,27 @@ def backbone_forwards(models: dict[str, nn.Module], x: torch.Tensor) -> dict[str
     return {name: forward(name, model) for name, model in models.items()}
 
 
+def backbone_cases(models: dict[str, nn.Module], x: torch.Tensor, config: BenchConfig
+                   ) -> tuple[dict[str, Callable[[], list[torch.Tensor]]], dict[str, Callable[[], Any]]]:
+    """The timed cases of a backbone suite in ``config.mode``: every model and ``x`` ``(B, 3, H, W)`` prepared
+    (``prepare_model``, in place, and ``prepare_input``), every forward of ``backbone_forwards`` through
+    ``prepare_step`` and ``inference_case``. Returns (cases, the prepared steps, for ``compile_statuses``)."""
+    models = {name: prepare_model(model, config.mode) for name, model in models.items()}
+    x = prepare_input(x, config.mode)
+    steps = {n: prepare_step(f, config.mode, n) for n, f in backbone_forwards(models, x).items()}
+    return {n: inference_case(step, config.mode, config.device) for n, step in steps.items()}, steps
+
+
+def case_diffs_against_timm(cases: dict[str, Callable[[], list[torch.Tensor]]]) -> dict[str, float]:
+    """Max abs difference of every case's maps against those of ``cases['timm']``, calling each case once."""
+    reference = cases["timm"]()
+    return {name: max_abs_diff(fn(), reference) for name, fn in cases.items()}
+
+
 def diffs_against_timm(models: dict[str, nn.Module], x: torch.Tensor, mode: str, device: str) -> dict[str, float]:
     """Max abs difference of every backbone's maps against those of ``models['timm']``, at input ``x`` in ``mode``."""
-    forwards = {n: inference_case(f, mode, device) for n, f in backbone_forwards(models, x).items()}
-    reference = forwards["timm"]()
-    return {name: max_abs_diff(fn(), reference) for name, fn in forwards.items()}
+    return case_diffs_against_timm({n: inference_case(f, mode, device)
+                                    for n, f in backbone_forwards(models, x).items()})
 
 
 def check_agreement(diffs: dict[str, float], what: str) -> None:
@@ -545,16 +635,16 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     check_agreement(check_diffs, f"Swin-T maps against timm's at {check[0]}x{check[1]}")
     if check != (h, w):
         del peers[check]
-    models = {**ours, **peers[(h, w)]}
-    run_diffs = diffs_against_timm(models, x, config.mode, dev)
-
-    cases = {n: inference_case(f, config.mode, dev) for n, f in backbone_forwards(models, x).items()}
+    cases, steps = backbone_cases({**ours, **peers[(h, w)]}, x, config)
+    run_diffs = case_diffs_against_timm(cases)  # in compile mode, the first calls compile (before the timed rounds)
     stats = compare(cases, config.warmup, config.runs, dev)
 
     size_txt = f"{h}x{w}"
+    statuses = compile_statuses(steps) if config.mode == "compile" else {}
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
     diff_headers = [f"max abs diff vs timm, fp32 @ {check[0]}x{check[1]} (checked <= {AGREEMENT_TOL:g})",
-                    f"max abs diff vs timm, {config.mode} @ {size_txt}"]
-    diffs = {n: [f"{check_diffs[n]:.1e}", f"{run_diffs[n]:.1e}"] for n in stats}
+                    f"max abs diff vs timm, {config.mode} @ {size_txt}", *mode_headers]
+    diffs = {n: [f"{check_diffs[n]:.1e}", f"{run_diffs[n]:.1e}", *mode_cells.get(n, [])] for n in stats}
     table = results_table(stats, "timm", diffs, diff_headers)
     dk, peer = stats["densekit"], stats["timm"]
     title = f"Swin-T backbone forward, {size_txt}, batch {config.batch}, {config.mode}, {dev}"
@@ -568,6 +658,8 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
         f"{check[0]}x{check[1]}, the nearest size where every stage side is a window multiple."
         if check != (h, w) else "Agreement is checked at the timing size itself."
     )
+    note = mode_note(config.mode, statuses)
+    semantics += f"\n\n{note}" if note else ""
     markdown = f"""
 What: `densekit.create_backbone('swin_t', out_norm=False)` (the four stage maps, NCHW) against
 `timm.create_model('{_TIMM_SWIN_T}', pretrained=False, num_classes=0, img_size=({h}, {w}))`
@@ -592,5 +684,7 @@ densekit / timm (median): **{dk.median / peer.median:.2f}x** ({_ms(dk.median)} m
 
 {semantics}
 """
-    return SuiteResult("swin_t_backbone", title, stats, markdown,
-                       extra={"check_size": check, "check_diffs": check_diffs, "run_diffs": run_diffs})
+    extra = {"check_size": check, "check_diffs": check_diffs, "run_diffs": run_diffs}
+    if statuses:
+        extra["compile"] = statuses
+    return SuiteResult("swin_t_backbone", title, stats, markdown, extra=extra)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from densekit.apis import build_model, inference_model, init_model, load_config
+from densekit.apis import build_model, compile_inference, inference_model, init_model, load_config
 from densekit.convert import CheckpointError
 from densekit.convert.segmentor import convert_segmentor_file
 from densekit.structures import SegDataSample
@@ -112,3 +112,64 @@ def test_load_config_names_a_missing_file(tmp_path):
     missing = tmp_path / "configs" / "nope.py"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         load_config(str(missing))
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def _aot_eager_compile(monkeypatch) -> None:
+    """torch.compile with the aot_eager backend: real dynamo tracing, without inductor's slow C++ build."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real(fn, **{**kwargs, "backend": "aot_eager"}))
+
+
+def test_init_model_compile_agrees_with_eager(files, monkeypatch):
+    import warnings
+
+    from densekit.compile import CompileFallbackWarning, compile_status
+
+    _aot_eager_compile(monkeypatch)
+    eager = init_model(str(files["config"]), str(files["checkpoint"]))
+    compiled = init_model(str(files["config"]), str(files["checkpoint"]), compile=True)
+    assert compile_status(compiled.encode_decode) == "not run" and compile_status(eager.encode_decode) == "not compiled"
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # compiled in place: no _orig_mod. prefix
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileFallbackWarning)
+        out = inference_model(compiled, files["image"])
+    assert compile_status(compiled.encode_decode) == "compiled"
+    expected = inference_model(eager, files["image"])
+    torch.testing.assert_close(out.seg_logits.data, expected.seg_logits.data, atol=1e-5, rtol=0)
+
+
+def test_infer_command_compile_falls_back_to_eager_with_one_warning(files, monkeypatch, tmp_path):
+    from densekit.commands import infer
+    from densekit.compile import CompileFallbackWarning
+
+    def failing(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("InductorError: no C++ compiler")
+
+        return compiled
+
+    args = [str(files["config"]), str(files["checkpoint"]), str(files["image"]), "--out-dir"]
+    infer.main([*args, str(tmp_path / "eager")])
+    monkeypatch.setattr(torch, "compile", failing)
+    with pytest.warns(CompileFallbackWarning, match="EncoderDecoder.encode_decode failed .*no C.. compiler") as record:
+        infer.main([*args, str(tmp_path / "compiled"), "--compile"])
+    assert len(record) == 1
+    name = f"{files['image'].stem}_mask.png"
+    eager_mask = cv2.imread(str(tmp_path / "eager" / name), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(cv2.imread(str(tmp_path / "compiled" / name), cv2.IMREAD_UNCHANGED), eager_mask)
+
+
+def test_compile_inference_picks_the_inference_path():
+    from densekit.compile import CompiledOrEager
+
+    class FeaturesOnly(torch.nn.Module):  # an RPN's shape: extract_feat, no encode_decode
+        def extract_feat(self, x):
+            return x
+
+    model = compile_inference(FeaturesOnly())
+    assert isinstance(model.__dict__["extract_feat"], CompiledOrEager)
+    with pytest.raises(TypeError, match="Linear has neither encode_decode nor extract_feat"):
+        compile_inference(torch.nn.Linear(2, 2))

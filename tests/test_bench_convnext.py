@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mode_stubs import failing_compile, record_prepare_model
 
 from densekit import bench_convnext, benchmark
 
@@ -52,6 +53,39 @@ def test_convnext_t_backbone_suite(tmp_path):
     text = doc.read_text()
     assert "<!-- bench:convnext_t_backbone.cpu.fp32 -->" in text
     assert "python tools/benchmark.py --suite convnext_t_backbone" in text and "--size 64 64" in text
+
+
+def test_convnext_t_backbone_suite_channels_last(tmp_path, monkeypatch):
+    """channels_last reaches both models (after the fp32 check) and the input, and gets its own docs section."""
+    prepared = record_prepare_model(monkeypatch, benchmark)
+    doc = tmp_path / "benchmarks.md"
+    result = _run_tool(["--suite", "convnext_t_backbone", "--mode", "channels_last", "--write", "--docs", str(doc)])
+    assert sorted(prepared) == [("densekit", "channels_last"), ("timm", "channels_last")]
+    assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL  # the fp32 check, unchanged
+    assert max(result.extra["run_diffs"].values()) <= benchmark.AGREEMENT_TOL  # the same model in both
+    assert "compile" not in result.extra and set(_ratio_rows(result.markdown, "timm")) == {"densekit", "timm"}
+    text = doc.read_text()
+    assert "<!-- bench:convnext_t_backbone.cpu.channels_last -->" in text
+    assert "ConvNeXt-T backbone forward, 64x64, batch 1, channels_last, cpu" in text
+    assert "max abs diff vs timm, channels_last |" in text and "Mode `channels_last`" in text
+
+
+def test_convnext_t_backbone_suite_compile_reports_a_fallback(monkeypatch):
+    """compile mode: densekit's step 'compiles' (the stand-in returns it as it is), timm's fails at its first
+    call and falls back to eager with one warning; the table and note say which is which."""
+    from densekit.compile import CompileFallbackWarning
+
+    monkeypatch.setattr(torch, "compile", failing_compile({2}))
+    with pytest.warns(CompileFallbackWarning, match="torch.compile of timm failed") as record:
+        result = benchmark.run_suite("convnext_t_backbone", benchmark.BenchConfig(size=(SIZE, SIZE), runs=1,
+                                                                                  warmup=0, mode="compile"))
+    assert len(record) == 1
+    assert result.extra["compile"]["densekit"] == "compiled"
+    assert result.extra["compile"]["timm"].startswith("eager (the compiled call raised RuntimeError: C++ compile")
+    assert result.extra["run_diffs"]["timm"] == 0  # the fallback returned timm's eager maps
+    assert result.extra["run_diffs"]["densekit"] <= benchmark.AGREEMENT_TOL
+    assert "| torch.compile |" in result.markdown and "| compiled |" in result.markdown
+    assert "| eager fallback |" in result.markdown and "Fell back to eager: `timm`: eager (" in result.markdown
 
 
 def test_convnext_t_backbone_refuses_sizes_timm_would_floor():

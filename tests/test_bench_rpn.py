@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from mode_stubs import failing_compile, record_prepare_model
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 from torchvision.ops import remove_small_boxes
 
-from densekit import bench_rpn
+from densekit import bench_rpn, benchmark
 from densekit.commands.benchmark import main
 from densekit.heads import RPNHead
 
@@ -32,6 +33,42 @@ def test_suite_runs_through_the_cli_with_both_rows_and_agreeing_heads(tmp_path):
     text = doc.read_text()
     assert "<!-- bench:rpn_r50_fpn.cpu.fp32 -->" in text and "| densekit |" in text and "| torchvision |" in text
     assert "| `nms_pre` (per level) | 2000 | `_pre_nms_top_n['testing']` | 2000 |" in text
+
+
+def _run_suite(mode: str) -> benchmark.SuiteResult:
+    """The suite at 128x128, one round, no warm-up, in ``mode``."""
+    return benchmark.run_suite("rpn_r50_fpn", benchmark.BenchConfig(size=(128, 128), runs=1, warmup=0, mode=mode))
+
+
+def test_suite_channels_last_converts_both_models_after_the_fp32_check(monkeypatch):
+    prepared = record_prepare_model(monkeypatch, bench_rpn)
+    result = _run_suite("channels_last")
+    assert sorted(prepared) == [("densekit", "channels_last"), ("torchvision", "channels_last")]
+    assert result.extra["agreement"]["fp32"]["head_diff"] <= bench_rpn.HEAD_TOL
+    run = result.extra["agreement"]["channels_last"]
+    assert run["head_diff"] < 1e-3 and run["match"] > 0.5  # same weights, another memory format
+    assert "compile" not in result.extra and list(result.stats) == ["densekit", "torchvision"]
+    assert result.title == "RPN R50-FPN proposals, 128x128, batch 1, channels_last, cpu"
+    assert "Mode `channels_last`" in result.markdown and "head max abs diff vs torchvision, channels_last" in (
+        result.markdown)
+
+
+def test_suite_compile_compiles_both_feature_paths_and_reports_a_fallback(monkeypatch):
+    """compile mode compiles densekit's extract_feat and head, torchvision's backbone and head (in that order);
+    densekit's head fails at its first call here, so densekit's row is an eager fallback, torchvision's
+    compiled (the stand-in returns the functions as they are)."""
+    from densekit.compile import CompileFallbackWarning
+
+    monkeypatch.setattr(torch, "compile", failing_compile({2}))
+    with pytest.warns(CompileFallbackWarning, match="torch.compile of RPNHead.forward failed") as record:
+        result = _run_suite("compile")
+    assert len(record) == 1
+    assert result.extra["compile"]["torchvision"] == "compiled"
+    assert result.extra["compile"]["densekit"].startswith("eager (the compiled call raised RuntimeError: C++")
+    assert result.extra["agreement"]["compile"]["head_diff"] <= bench_rpn.HEAD_TOL  # eager and 'compiled' alike
+    assert "| torch.compile |" in result.markdown and "| compiled |" in result.markdown
+    assert "| eager fallback |" in result.markdown and "Fell back to eager: `densekit`: eager (" in result.markdown
+    assert "decoding, top-k and NMS, whose sizes depend on the data, stay eager in both" in result.markdown
 
 
 def test_head_check_sees_one_batchnorm_statistic_off_by_one_percent():

@@ -124,3 +124,152 @@ def test_gemm_rate_and_model_flops():
     assert benchmark.gemm_rate(size=256, runs=2) > 1e8  # FLOP/s
     linear = torch.nn.Linear(64, 32)
     assert benchmark.model_flops(lambda: linear(torch.randn(8, 64))) == 2 * 8 * 64 * 32
+
+
+# --------------------------------------------------------------------------- modes: fp32, bf16, channels_last, compile
+# The stand-ins of tests/mode_stubs.py are imported in the tests, not at the top: the peak-RSS test imports
+# this file as tests.test_benchmark in a process of its own, where tests/ is not on sys.path.
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_modes_are_accepted_and_get_their_own_sections():
+    assert benchmark.MODES == ("fp32", "bf16", "channels_last", "compile")
+    for mode in benchmark.MODES:
+        config = benchmark.BenchConfig(mode=mode)
+        assert benchmark.section_name("upernet_swin_t", config) == f"upernet_swin_t.cpu.{mode}"
+    assert _load_tool().parse_args(["--mode", "channels_last"]).mode == "channels_last"
+
+
+def test_prepare_model_input_and_step():
+    from densekit.compile import CompiledOrEager
+
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    for mode in ("fp32", "bf16", "compile"):
+        assert benchmark.prepare_model(conv, mode) is conv and conv.weight.is_contiguous()
+        assert benchmark.prepare_input(x, mode) is x
+    assert benchmark.prepare_model(conv, "channels_last") is conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert benchmark.prepare_input(x, "channels_last").is_contiguous(memory_format=torch.channels_last)
+
+    step = lambda: 1  # noqa: E731
+    for mode in ("fp32", "bf16", "channels_last"):
+        assert benchmark.prepare_step(step, mode, "step") is step
+    compiled = benchmark.prepare_step(step, "compile", "step")
+    assert isinstance(compiled, CompiledOrEager) and compiled.name == "step"
+
+
+def test_mode_note_and_column():
+    for mode in ("fp32", "bf16"):
+        assert benchmark.mode_note(mode, {}) == "" and benchmark.mode_column(mode, {}) == ([], {})
+    assert "torch.channels_last" in benchmark.mode_note("channels_last", {})
+    statuses = {"a": "compiled", "b": "eager (the compiled call raised RuntimeError: boom)"}
+    assert benchmark.mode_column("compile", statuses) == (["torch.compile"], {"a": ["compiled"],
+                                                                              "b": ["eager fallback"]})
+    note = benchmark.mode_note("compile", statuses)
+    assert "compile time is not in the timings" in note
+    assert "Fell back to eager: `b`: eager (the compiled call raised RuntimeError: boom)" in note
+    assert "Every case ran compiled." in benchmark.mode_note("compile", {"a": "compiled"})
+
+
+def test_swin_t_backbone_suite_channels_last(tmp_path, monkeypatch):
+    """channels_last reaches every model and the input through the CLI, and gets its own docs section."""
+    from mode_stubs import record_prepare_model
+
+    prepared = record_prepare_model(monkeypatch, benchmark)
+    threads = torch.get_num_threads()
+    doc = tmp_path / "benchmarks.md"
+    try:
+        result = _load_tool().main(["--size", "64", "64", "--runs", "1", "--warmup", "0", "--threads", "1",
+                                    "--mode", "channels_last", "--write", "--docs", str(doc)])
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(prepared) == [("densekit", "channels_last")] * 2 + [("timm", "channels_last")] * 2
+    assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL  # the fp32 check, unchanged
+    assert result.extra["run_diffs"]["timm (fused_attn=True)"] < 1e-4  # same model and semantics as timm
+    assert "compile" not in result.extra
+    text = doc.read_text()
+    assert "<!-- bench:swin_t_backbone.cpu.channels_last -->" in text and "bench:swin_t_backbone.cpu.fp32" not in text
+    assert "Swin-T backbone forward, 64x64, batch 1, channels_last, cpu" in text
+    assert "max abs diff vs timm, channels_last @ 64x64" in text and "Mode `channels_last`" in text
+
+
+def test_swin_t_backbone_suite_compile_reports_fallbacks(monkeypatch):
+    """compile mode: densekit's two steps 'compile' (the stand-in returns them as they are), timm's two fail at
+    their first call and fall back to eager, one warning each; the table and notes say which is which."""
+    from mode_stubs import failing_compile
+
+    from densekit.compile import CompileFallbackWarning
+
+    monkeypatch.setattr(torch, "compile", failing_compile({3, 4}))
+    with pytest.warns(CompileFallbackWarning) as record:
+        result = benchmark.run_suite("swin_t_backbone", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
+                                                                              mode="compile"))
+    assert sorted(str(w.message).split(" of ")[1].split(" failed (")[0] for w in record) == [
+        "timm", "timm (fused_attn=True)"]
+    assert result.extra["compile"]["densekit"] == "compiled"
+    assert result.extra["compile"]["timm"].startswith("eager (the compiled call raised RuntimeError: C++ compile")
+    assert result.extra["run_diffs"]["timm"] == 0  # the fallback returned timm's eager outputs
+    assert "| torch.compile |" in result.markdown
+    assert "| densekit (reference attn) |" in result.markdown and "| compiled |" in result.markdown
+    assert "| eager fallback |" in result.markdown and "Fell back to eager: `timm`: eager (" in result.markdown
+
+
+def test_upernet_suite_compile_falls_back_to_eager(monkeypatch):
+    """All four steps (inference and training, densekit and HF) fail to compile: the suite still times them
+    eagerly, says so, and drops fp32's extra bf16 case. UPerNet-ConvNeXt-T at 64x64 (the suites share
+    ``upernet_suite``): the fp32 agreement check runs first in every mode, and Swin-T agrees with HF's only
+    where every stage is larger than the window (see test_upernet_suite_smoke)."""
+    pytest.importorskip("transformers")
+    from mode_stubs import failing_compile
+
+    from densekit import bench_upernet  # noqa: F401  (registers the suite)
+    from densekit.compile import CompileFallbackWarning
+
+    monkeypatch.setattr(torch, "compile", failing_compile({1, 2, 3, 4}))
+    with pytest.warns(CompileFallbackWarning) as record:
+        result = benchmark.run_suite("upernet_convnext_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
+                                                                                 mode="compile", peak_rss=False))
+    assert len(record) == 4
+    assert set(result.extra["compile"]) == {"infer densekit", "infer HF transformers", "train densekit",
+                                            "train HF transformers"}
+    assert all(s.startswith("eager (") for s in result.extra["compile"].values())
+    assert set(result.stats) == {"infer densekit", "infer HF transformers", "train densekit", "train HF transformers"}
+    assert result.extra["max_abs_diff"] <= benchmark.AGREEMENT_TOL  # compile mode's diff (here eager), reported
+    assert result.markdown.count("| eager fallback |") == 4 and "enforced in fp32 mode" in result.markdown
+
+
+def test_upernet_suite_checks_fp32_agreement_in_every_mode():
+    """channels_last does not skip the fp32 check: UPerNet-Swin-T at 64x64 (stages smaller than the window,
+    where HF's Swin pads differently) fails it before anything is timed, as in fp32 and bf16."""
+    pytest.importorskip("transformers")
+    from densekit import bench_upernet  # noqa: F401  (registers the suite)
+
+    with pytest.raises(AssertionError, match="UPerNet-Swin-T logits against HF's at 64x64 disagree"):
+        benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
+                                                                    mode="channels_last", peak_rss=False))
+
+
+@pytest.mark.parametrize("mode", ["channels_last", "compile"])
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")  # no organ in 2 slices
+def test_swin_unet_volume_suite_new_modes(monkeypatch, mode):
+    """Both loops call the one model: channels_last converts it, compile compiles its forward (here the
+    stand-in compile returns it as it is); the fp32/bf16 pair of densekit cases becomes one case."""
+    from mode_stubs import failing_compile
+
+    from densekit import bench_volume
+
+    monkeypatch.setattr(bench_volume, "TRAIN_ITERS", 1)  # the fit only makes the labels organs; not needed here
+    monkeypatch.setattr(torch, "compile", failing_compile(set()))
+    result = benchmark.run_suite("swin_unet_volume", benchmark.BenchConfig(size=(32, 32), batch=2, runs=1,
+                                                                           warmup=0, mode=mode))
+    assert list(result.stats) == ["official loop (zoom)", "densekit"]
+    assert f"model input 224x224, {mode}, cpu" in result.title and f"Mode `{mode}`" in result.markdown
+    assert result.extra["agreement"]["densekit"] > 0.5
+    if mode == "compile":
+        assert result.extra["compile"] == {"official loop (zoom)": "compiled", "densekit": "compiled"}

@@ -3,6 +3,7 @@
 Examples:
     python tools/benchmark.py --suite swin_t_backbone --size 512 512 --runs 7 --write
     python tools/benchmark.py --suite upernet_convnext_t --size 512 512 --runs 5 --warmup 1
+    python tools/benchmark.py --suite upernet_swin_t --size 512 512 --mode channels_last
 
 The work is in ``densekit.benchmark``; this file only parses arguments.
 """
@@ -36,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=7, help="timed rounds (median and min are reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    parser.add_argument("--mode", default="fp32", choices=benchmark.MODES, help="bf16 = torch.autocast bfloat16")
+    parser.add_argument("--mode", default="fp32", choices=benchmark.MODES,
+                        help="bf16 = torch.autocast bfloat16; channels_last = fp32 with models and inputs in "
+                             "torch.channels_last; compile = fp32 through torch.compile (eager if it fails), compiled "
+                             "before the timed rounds; each mode gets its own docs section")
     parser.add_argument("--device", default="cpu", choices=benchmark.DEVICES)
     parser.add_argument("--no-peak-rss", action="store_true",
                         help="skip the CPU peak-memory measurement of training steps (a process per model)")

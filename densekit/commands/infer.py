@@ -11,6 +11,7 @@ Examples:
     python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds
     python tools/infer.py configs/swin_unet_t_synapse.py swin_unet.pth scans/ --out-dir preds --window ct
     python tools/infer.py configs/rpn_r50_fpn_1x_coco.py rpn_r50.pth street.jpg --out-dir proposals --top-k 30
+    python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds --compile
 """
 from __future__ import annotations
 
@@ -74,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
     parser.add_argument("--top-k", type=int, default=20, help="RPN configs: proposals drawn per image")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model's inference path (the first image, and each new size, compiles; "
+                             "falls back to eager with a warning where compilation fails)")
     add_unsafe_load_argument(parser)
     args = parser.parse_args(argv)
-    model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load)
+    model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load,
+                       compile=args.compile)
     if model.cfg.model.get("type") == "RPN":
         propose(model, list_images(args.images), Path(args.out_dir), args.top_k)
         return
