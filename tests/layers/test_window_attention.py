@@ -48,7 +48,8 @@ def test_fast_equals_reference_both_projection_orders(dim, project_first, shift,
     assert taken[0] == (3 * dim if project_first else dim)  # which branch ran
     assert (outs[0] - outs[1]).abs().max().item() < 1e-5
     assert (grads[0][0] - grads[1][0]).abs().max().item() < 1e-5
-    for name, grad in grads[0][1].items():
-        assert (grad - grads[1][1][name]).abs().max().item() < 1e-4, name
+    for name, grad in grads[0][1].items():  # summed over many tokens: relative tolerance
+        expected = grads[1][1][name]
+        assert (grad - expected).abs().max().item() < 1e-5 * expected.abs().max().item(), name
     with torch.no_grad():
         assert (fast.eval()(x, 7, shift) - ref.eval()(x, 7, shift)).abs().max().item() < 1e-5
