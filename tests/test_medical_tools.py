@@ -111,3 +111,16 @@ def test_tools_infer_segments_a_volume_without_labels(trained):
     np.testing.assert_allclose(pred.affine, source.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
     assert (out / "mr_crop_montage.png").is_file()
+
+
+def test_tools_infer_bf16_labels_match_fp32(trained):
+    _, config, checkpoint, work = trained
+    labels = {}
+    for name, extra in (("fp32", []), ("bf16", ["--bf16"])):
+        out = work / f"infer_{name}"
+        _run("tools/infer.py", str(config), str(checkpoint), str(IMAGE), "--out-dir", str(out), "--window", "mr",
+             *extra)
+        labels[name] = np.asarray(nib.load(str(out / "mr_crop_pred.nii.gz")).dataobj)
+    assert labels["bf16"].shape == labels["fp32"].shape
+    assert (labels["fp32"] > 0).any()  # the trained model labels structures, so agreement is not all-background
+    assert (labels["bf16"] == labels["fp32"]).mean() >= 0.98

@@ -10,6 +10,7 @@ xyxy in image pixels and ``scores``, best first). Volumes (``.nii``, ``.nii.gz``
 Examples:
     python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds
     python tools/infer.py configs/swin_unet_t_synapse.py swin_unet.pth scans/ --out-dir preds --window ct
+    python tools/infer.py configs/swin_unet_t_synapse.py swin_unet.pth scans/ --out-dir preds --window ct --bf16
     python tools/infer.py configs/rpn_r50_fpn_1x_coco.py rpn_r50.pth street.jpg --out-dir proposals --top-k 30
     python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds --compile
 """
@@ -20,6 +21,7 @@ import json
 from pathlib import Path
 
 import cv2
+import torch
 from tqdm import tqdm
 
 from densekit.apis import inference_model, init_model
@@ -78,10 +80,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model's inference path (the first image, and each new size, compiles; "
                              "falls back to eager with a warning where compilation fails)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="run the model under torch.autocast bfloat16: about 2x faster on CPUs with bf16 matrix "
+                             "units and on GPUs; a few boundary pixels may get another label than in fp32")
     add_unsafe_load_argument(parser)
     args = parser.parse_args(argv)
     model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load,
                        compile=args.compile)
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+    with autocast:
+        _infer(model, args)
+
+
+def _infer(model: torch.nn.Module, args: argparse.Namespace) -> None:
+    """The work of ``main`` on a loaded model: proposals, volumes or images, by config and file type."""
     if model.cfg.model.get("type") == "RPN":
         propose(model, list_images(args.images), Path(args.out_dir), args.top_k)
         return
