@@ -43,6 +43,15 @@ from .benchmark import (
     register_suite,
     results_table,
 )
+from .mfu import (
+    GpuRates,
+    Throughput,
+    images_per_s_text,
+    measure_gpu,
+    throughputs,
+    utilisation_extra,
+    utilisation_markdown,
+)
 from .structures import SegDataSample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,10 +269,50 @@ def _mode_text(mode: str, statuses: dict[str, str]) -> str:
             ) if note else ""
 
 
+def _images_per_s(stats: dict[str, Stats], images: int) -> dict[str, str]:
+    """``{case: images/s cell}``: ``images`` per call over the case's median time."""
+    return {n: images_per_s_text(images / s.median) for n, s in stats.items()}
+
+
+def _tables(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak: dict[str, int], train_batch: int,
+            statuses: dict[str, str]) -> tuple[str, str]:
+    """The inference and training tables: timings, images/s, diffs or peak RSS, ``compile`` mode's column."""
+    istats = inf.stats
+    mode_headers, mode_cells = mode_column(config.mode, statuses)
+    infer_rate, train_rate = _images_per_s(istats, config.batch), _images_per_s(train, train_batch)
+    infer_diffs = {n: [infer_rate[n], f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
+                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
+                   for n in istats}
+    infer_table = results_table(istats, HF, infer_diffs, ["images/s", f"max abs diff of logits vs HF ({config.mode})",
+                                                          "pixels with densekit fp32's label", *mode_headers])
+    train_table = results_table(train, HF, {n: [train_rate[n], f"{peak[n] / 2**20:.0f}" if n in peak else "-",
+                                                *mode_cells.get(f"train {n}", [])] for n in train},
+                                ["images/s", "peak RSS above resident, MiB (own process)", *mode_headers])
+    return infer_table, train_table
+
+
+def _gpu_cases(config: BenchConfig, inf: _Inference, train: dict[str, Stats], train_batch: int) -> list[Throughput]:
+    """Every timed case as an ``mfu.Throughput``, credited densekit's forward FLOPs per image (training: 3x)."""
+    return throughputs(inf.stats, train, config.batch, train_batch, inf.flops / config.batch)
+
+
+def _gpu_text(config: BenchConfig, inf: _Inference, train: dict[str, Stats], train_batch: int,
+              gpu: GpuRates | None) -> str:
+    """The GPU utilisation paragraph and table (``mfu.utilisation_markdown``), after a blank line; empty without
+    ``gpu`` (off CUDA)."""
+    if gpu is None:
+        return ""
+    counted = (f"densekit's forward above over the batch of {config.batch}, {inf.flops / config.batch / 1e9:.1f} GFLOP "
+               "(backbone and decode head; the FCN auxiliary head that only training runs is not counted)")
+    cases = _gpu_cases(config, inf, train, train_batch)
+    return "\n\n" + utilisation_markdown(cases, gpu, config.mode, counted).strip()
+
+
 def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: dict[str, Stats],
-              peak: dict[str, int], train_batch: int, statuses: dict[str, str]) -> str:
-    """The suite's text: what is compared, how, the inference and training tables (with ``compile`` mode's
-    column from ``statuses``), ratios, compute rate, the mode's note."""
+              peak: dict[str, int], train_batch: int, statuses: dict[str, str], gpu: GpuRates | None = None) -> str:
+    """The suite's text: what is compared, how, the inference and training tables (with images/s and
+    ``compile`` mode's column from ``statuses``), ratios, compute rate, the mode's note and, with ``gpu`` (CUDA
+    runs), the GPU utilisation table."""
     dev = config.device
     istats = inf.stats
     achieved = inf.flops / istats["densekit"].median
@@ -278,15 +327,7 @@ def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: di
     weights_text = (" HF initialises ConvNeXt's layer scales to 1e-6, which would leave every block's contribution "
                     "below the agreement tolerance, so they are set to U(0.5, 1) (seeded) before conversion."
                     ) if pair.spread_layer_scales else ""
-    mode_headers, mode_cells = mode_column(config.mode, statuses)
-    infer_diffs = {n: [f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
-                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
-                   for n in istats}
-    infer_table = results_table(istats, HF, infer_diffs, [f"max abs diff of logits vs HF ({config.mode})",
-                                                          "pixels with densekit fp32's label", *mode_headers])
-    train_table = results_table(train, HF, {n: [f"{peak[n] / 2**20:.0f}" if n in peak else "-",
-                                                *mode_cells.get(f"train {n}", [])] for n in train},
-                                ["peak RSS above resident, MiB (own process)", *mode_headers])
+    infer_table, train_table = _tables(config, inf, train, peak, train_batch, statuses)
     ratio_i = istats["densekit"].median / istats[HF].median
     ratio_t = train["densekit"].median / train[HF].median
     return f"""
@@ -315,7 +356,8 @@ densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].me
 Compute rate: densekit's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
 convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / inf.gemm_rate:.0%}**
 of this machine's fp32 matmul rate measured in the same run
-({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}{_mode_text(config.mode, statuses)}
+({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}{_mode_text(config.mode, statuses)}\
+{_gpu_text(config, inf, train, train_batch, gpu)}
 """
 
 
@@ -329,12 +371,17 @@ def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
     train_batch = max(2, config.batch)
     train, peak, train_steps = _time_training(ours, hf, config, backbone, train_batch)
     statuses = compile_statuses({**inf.steps, **train_steps}) if config.mode == "compile" else {}
+    gpu = measure_gpu(config.peak_tflops) if config.device == "cuda" else None  # after the timed rounds
     h, w = config.size
     title = f"{pair.title}, {h}x{w}, batch {config.batch}, {config.mode}, {config.device}"
     stats = {**{f"infer {k}": v for k, v in inf.stats.items()}, **{f"train {k}": v for k, v in train.items()}}
-    return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch, statuses),
+    images = {**{f"infer {k}": config.batch / v.median for k, v in inf.stats.items()},
+              **{f"train {k}": train_batch / v.median for k, v in train.items()}}
+    return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch, statuses, gpu),
                        extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
-                              "same_labels_bf16": inf.same_labels, "peak_rss": peak,
+                              "same_labels_bf16": inf.same_labels, "peak_rss": peak, "images_per_s": images,
+                              **({"gpu": utilisation_extra(_gpu_cases(config, inf, train, train_batch), gpu)}
+                                 if gpu else {}),
                               **({"compile": statuses} if statuses else {})})
 
 

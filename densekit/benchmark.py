@@ -293,6 +293,7 @@ class BenchConfig:
     device: str = "cpu"
     seed: int = 0
     peak_rss: bool = True  # CPU training steps: peak RSS in separate processes (a minute or two per model)
+    peak_tflops: float | None = None  # CUDA: the card's dense bf16 peak for MFU, else looked up (densekit.mfu)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -301,6 +302,8 @@ class BenchConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda asked for, but torch.cuda.is_available() is False")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops!r}")
 
 
 @dataclass

@@ -91,6 +91,32 @@ def test_bad_config():
         benchmark.run_suite("nope", benchmark.BenchConfig())
 
 
+def test_cuda_config_without_cuda_fails_clearly(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"--device cuda asked for, but torch.cuda.is_available\(\) is False"):
+        benchmark.BenchConfig(device="cuda")
+    with pytest.raises(RuntimeError, match="torch.cuda.is_available"):
+        _load_tool().main(["--suite", "upernet_swin_t", "--device", "cuda", "--mode", "bf16", "--batch", "16"])
+
+
+def test_peak_tflops_option_reaches_the_config(monkeypatch):
+    """``--peak-tflops`` (default None: look the card up) lands in ``BenchConfig.peak_tflops``; not positive fails."""
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="peak_tflops must be positive"):
+            benchmark.BenchConfig(peak_tflops=bad)
+    tool = _load_tool()
+    assert tool.parse_args([]).peak_tflops is None
+    configs = []
+
+    def fake_run(name: str, config: benchmark.BenchConfig) -> benchmark.SuiteResult:
+        configs.append(config)
+        return benchmark.SuiteResult(name, "fake", {}, "body")
+
+    monkeypatch.setattr(benchmark, "run_suite", fake_run)
+    tool.main(["--suite", "upernet_swin_t", "--peak-tflops", "500", "--threads", str(torch.get_num_threads())])
+    assert configs[0].peak_tflops == 500.0
+
+
 def test_upernet_suite_smoke():
     """The UPerNet suite checks agreement with HF and times inference and a training step (256x256: every
     stage is larger than the window, where HF's SwinBackbone and official Swin agree)."""
@@ -104,6 +130,9 @@ def test_upernet_suite_smoke():
                                  "train densekit", "train HF transformers"}
     assert result.extra["same_labels_bf16"] > 0.9 and 0 < result.extra["gflops"] < 1000
     assert "Training step" in result.markdown and all(s.median > 0 for s in result.stats.values())
+    assert result.extra["images_per_s"]["train densekit"] == pytest.approx(2 / result.stats["train densekit"].median)
+    assert result.markdown.count("| images/s |") == 2
+    assert "gpu" not in result.extra and "GPU utilisation" not in result.markdown  # CUDA runs only
 
 
 def test_peak_rss_of_a_step_in_its_own_process():

@@ -4,6 +4,8 @@ Examples:
     python tools/benchmark.py --suite swin_t_backbone --size 512 512 --runs 7 --write
     python tools/benchmark.py --suite upernet_convnext_t --size 512 512 --runs 5 --warmup 1
     python tools/benchmark.py --suite upernet_swin_t --size 512 512 --mode channels_last
+    python tools/benchmark.py --suite upernet_swin_t --size 512 512 --batch 16 --mode bf16 --device cuda \\
+        --runs 10 --warmup 3 --write
 
 The work is in ``densekit.benchmark``; this file only parses arguments.
 """
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "torch.channels_last; compile = fp32 through torch.compile (eager if it fails), compiled "
                              "before the timed rounds; each mode gets its own docs section")
     parser.add_argument("--device", default="cpu", choices=benchmark.DEVICES)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="CUDA: the card's dense bf16 peak in TFLOPS for model FLOPs utilisation (upernet_* "
+                             "suites); default: NVIDIA's datasheet value for known cards (densekit.mfu)")
     parser.add_argument("--no-peak-rss", action="store_true",
                         help="skip the CPU peak-memory measurement of training steps (a process per model)")
     parser.add_argument("--write", action="store_true", help=f"update the suite's section of {DOCS.name}")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> benchmark.SuiteResult:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     config = benchmark.BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device,
-                                   peak_rss=not args.no_peak_rss)
+                                   peak_rss=not args.no_peak_rss, peak_tflops=args.peak_tflops)
     command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     load_before, cpu_before = benchmark.load_average(), benchmark.cpu_snapshot()
     result = benchmark.run_suite(args.suite, config)
