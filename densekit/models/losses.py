@@ -92,9 +92,12 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             for r0 in range(0, height, rows):
                 chunk = full[i, :, r0:r0 + rows]  # (K, R, W) view
                 tgt, w_px = target[i, r0:r0 + rows], pixel_weight[i, r0:r0 + rows]
-                correct += ((chunk.argmax(0) == tgt) & valid[i, r0:r0 + rows]).sum()
                 picked = chunk.gather(0, tgt[None])[0]
                 top = chunk.amax(0)
+                # Correct when the label's logit is the largest: argmax's answer but for exact ties between
+                # classes, which it breaks towards the lower class id (an argmax over the strided class axis
+                # would cost 10x this whole loop).
+                correct += ((picked == top) & valid[i, r0:r0 + rows]).sum()
                 chunk.sub_(top).exp_()  # exp(x - max): the chunk now holds unnormalised softmax
                 norm = chunk.sum(0)
                 nll += ((norm.log() + top - picked) * w_px).sum()
@@ -120,7 +123,8 @@ def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: 
                             ignore_index: int = 255, align_corners: bool = False, chunk_elements: int = 2**20
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``reference_upsampled_cross_entropy`` in ``chunk_elements``-sized pieces of one full-size buffer (see the
-    module docstring); same arguments and results, computed in float32."""
+    module docstring); same arguments and results, computed in float32, except that a pixel whose label ties for
+    the largest logit counts as correct (argmax would pick the lowest tied class)."""
     if labels.dim() != 3 or logits.dim() != 4 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"expected logits (B, K, h, w) and labels (B, H, W), got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)}")
