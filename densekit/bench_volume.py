@@ -76,14 +76,12 @@ def synthetic_volume(depth: int, height: int, width: int, seed: int = 0, organs:
 
 
 def fit_to_volume(model: nn.Module, volume: np.ndarray, labels: np.ndarray, iters: int, seed: int = 0) -> None:
-    """A few AdamW steps of the Swin-Unet recipe's loss (0.4 cross-entropy + 0.6 Dice) on random slices resized to
-    224x224 (batch 8), so that the model's labels are organs rather than the noise of random weights and agreement
-    between the two loops means something. Leaves the model in eval mode."""
+    """A few AdamW steps of cross-entropy on random slices resized to 224x224 (batch 8), meant to make the
+    model's labels organs rather than the noise of random weights. From scratch, tens of steps are not enough on
+    this volume (the model settles on background, whichever of CE or the Swin-Unet recipe's CE + Dice is used);
+    the suite reports the organ Dice and adds a caveat when it is low. Leaves the model in eval mode."""
     import torch.nn.functional as F
 
-    from .models.losses import SegLoss
-
-    criterion = SegLoss(ce_weight=0.4, dice_weight=0.6)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
@@ -91,9 +89,9 @@ def fit_to_volume(model: nn.Module, volume: np.ndarray, labels: np.ndarray, iter
         index = torch.randint(0, len(volume), (8,), generator=gen)
         x = F.interpolate(torch.from_numpy(volume[index.numpy()])[:, None], size=INPUT_SIZE, mode="bilinear")
         y = F.interpolate(torch.from_numpy(labels[index.numpy()])[:, None].float(), size=INPUT_SIZE, mode="nearest")
-        losses = criterion(model(x, mode="tensor"), y[:, 0].long())
+        loss = F.cross_entropy(model(x, mode="tensor"), y[:, 0].long())
         optimizer.zero_grad()
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        loss.backward()
         optimizer.step()
     model.eval()
 
