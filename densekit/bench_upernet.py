@@ -197,7 +197,8 @@ class _Inference:
     stats: dict[str, Stats]
     diff: float  # max abs diff of the logits in the suite's mode
     same_labels: float | None  # share of pixels where bf16 autocast keeps densekit fp32's label (fp32 runs)
-    flops: int  # densekit's forward
+    flops: int  # the model's forward FLOPs, counted on HF's implementation (what mmseg and HF publish)
+    executed_flops: int  # what densekit's forward executes (less: no projection work on padded window tokens)
     gemm_rate: float  # the machine's fp32 matmul FLOP/s
     steps: dict[str, Callable[[], Any]]  # 'infer <impl>': the timed step as the mode runs it (prepare_step)
 
@@ -223,8 +224,8 @@ def _time_inference(ours: nn.Module, hf: nn.Module, config: BenchConfig, title: 
         diff = max_abs_diff(infer["densekit"](), infer[HF]())
     stats = compare(infer, config.warmup, config.runs, dev)
     with torch.inference_mode():
-        flops = model_flops(forwards["densekit"])
-    return _Inference(stats, diff, same_labels, flops, gemm_rate(device=dev), steps)
+        flops, executed = model_flops(forwards[HF]), model_flops(forwards["densekit"])
+    return _Inference(stats, diff, same_labels, flops, executed, gemm_rate(device=dev), steps)
 
 
 def _time_training(ours: nn.Module, hf: nn.Module, config: BenchConfig, backbone: str, train_batch: int
@@ -292,7 +293,7 @@ def _tables(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak:
 
 
 def _gpu_cases(config: BenchConfig, inf: _Inference, train: dict[str, Stats], train_batch: int) -> list[Throughput]:
-    """Every timed case as an ``mfu.Throughput``, credited densekit's forward FLOPs per image (training: 3x)."""
+    """Every timed case as an ``mfu.Throughput``, credited the model's forward FLOPs per image (training: 3x)."""
     return throughputs(inf.stats, train, config.batch, train_batch, inf.flops / config.batch)
 
 
@@ -302,7 +303,8 @@ def _gpu_text(config: BenchConfig, inf: _Inference, train: dict[str, Stats], tra
     ``gpu`` (off CUDA)."""
     if gpu is None:
         return ""
-    counted = (f"densekit's forward above over the batch of {config.batch}, {inf.flops / config.batch / 1e9:.1f} GFLOP "
+    counted = (f"the model's forward above over the batch of {config.batch}, "
+               f"{inf.flops / config.batch / 1e9:.1f} GFLOP "
                "(backbone and decode head; the FCN auxiliary head that only training runs is not counted)")
     cases = _gpu_cases(config, inf, train, train_batch)
     return "\n\n" + utilisation_markdown(cases, gpu, config.mode, counted).strip()
@@ -353,10 +355,13 @@ densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].me
 {_ms(istats[HF].median)} ms), training step **{ratio_t:.2f}x**
 ({_ms(train['densekit'].median)} ms vs {_ms(train[HF].median)} ms){peak_text}.
 
-Compute rate: densekit's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter`: matmuls and
-convolutions, 2 per multiply-add), {achieved / 1e9:.1f} GFLOP/s at its median time = **{achieved / inf.gemm_rate:.0%}**
-of this machine's fp32 matmul rate measured in the same run
-({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5).{bf16_text}{_mode_text(config.mode, statuses)}\
+Compute rate: the model's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter` on HF's forward:
+matmuls and convolutions, 2 per multiply-add; HF, mmsegmentation and official Swin all compute the padded window
+tokens, so this is the published count), {achieved / 1e9:.1f} GFLOP/s at densekit's median time =
+**{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
+({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
+{inf.executed_flops / 1e9:.1f} GFLOP: it skips the projections of padded tokens, work the others do and
+discard.{bf16_text}{_mode_text(config.mode, statuses)}\
 {_gpu_text(config, inf, train, train_batch, gpu)}
 """
 
@@ -378,7 +383,8 @@ def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
     images = {**{f"infer {k}": config.batch / v.median for k, v in inf.stats.items()},
               **{f"train {k}": train_batch / v.median for k, v in train.items()}}
     return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch, statuses, gpu),
-                       extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
+                       extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9,
+                              "executed_gflops": inf.executed_flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
                               "same_labels_bf16": inf.same_labels, "peak_rss": peak, "images_per_s": images,
                               **({"gpu": utilisation_extra(_gpu_cases(config, inf, train, train_batch), gpu)}
                                  if gpu else {}),

@@ -16,7 +16,7 @@ def _fake_run(batch: int, cuda: bool = True) -> tuple[_Inference, dict[str, Stat
     gib = 2**30 if cuda else None
     infer = {"densekit": Stats([0.05, 0.05], gib and 2 * gib), HF: Stats([0.08, 0.08], gib and 3 * gib)}
     train = {"densekit": Stats([0.2, 0.2], gib and 20 * gib), HF: Stats([0.25, 0.25], gib and 24 * gib)}
-    return _Inference(infer, 0.03, None, int(batch * FORWARD_FLOPS), 50e12, {}), train
+    return _Inference(infer, 0.03, None, int(batch * FORWARD_FLOPS), int(batch * FORWARD_FLOPS), 50e12, {}), train
 
 
 def _render(batch: int, gpu: mfu.GpuRates | None) -> str:
@@ -36,13 +36,13 @@ def test_cpu_markdown_has_images_per_s_and_no_gpu_section():
     assert text.count("| implementation | median ms | min ms | ratio vs HF transformers | images/s |") == 2
     assert _row(text, "| densekit |") == "| densekit | 50.0 | 50.0 | 0.62 | 320 | 3.0e-02 | - |"  # 16 / 0.05 s
     assert _row(text, "| HF transformers | 250.0") == "| HF transformers | 250.0 | 250.0 | 1.00 | 64 | - |"
-    assert text.endswith("median of 5).\n")  # the section ends where it always has
+    assert text.endswith("work the others do and\ndiscard.\n")  # the section ends with the compute-rate note
 
 
 def test_cuda_markdown_reports_throughput_mfu_and_peak_memory():
     gpu = mfu.GpuRates("NVIDIA H100 80GB HBM3", mfu.bf16_peak("NVIDIA H100 80GB HBM3"), 700e12)
     text = _render(16, gpu)
-    assert "median of 5).\n\nGPU utilisation (NVIDIA H100 80GB HBM3)" in text
+    assert "discard.\n\nGPU utilisation (NVIDIA H100 80GB HBM3)" in text
     assert "over the batch of 16, 472.0 GFLOP" in text and "989.4 TFLOPS (NVIDIA datasheet, H100 SXM)" in text
     # inference 320 images/s x 472 GFLOP = 151.0 TFLOP/s; training 80 images/s x 3 x 472 GFLOP = 113.3 TFLOP/s
     assert _row(text, "| inference: densekit |") == (
