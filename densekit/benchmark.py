@@ -656,8 +656,9 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
         f"Why two diff columns: at {size_txt} not every stage side is a multiple of the window (7), and timm "
         "rolls (shifts) a block's input before padding it to window multiples while densekit, like official "
         "Swin, mmsegmentation and HuggingFace, pads first and then rolls; the padding lands in different "
-        f"places, so the outputs at {size_txt} differ by design, not by error. The compute is the same "
-        "(same padded grids, windows and shifts). Agreement is therefore checked, with the same weights, at "
+        f"places, so the outputs at {size_txt} differ by design, not by error. Both attend over the "
+        "same padded grids, windows and shifts (densekit projects only the real tokens, see "
+        "`densekit/layers/window_attention.py`). Agreement is therefore checked, with the same weights, at "
         f"{check[0]}x{check[1]}, the nearest size where every stage side is a window multiple."
         if check != (h, w) else "Agreement is checked at the timing size itself."
     )
