@@ -270,9 +270,11 @@ def _mode_text(mode: str, statuses: dict[str, str]) -> str:
             ) if note else ""
 
 
-def _images_per_s(stats: dict[str, Stats], images: int) -> dict[str, str]:
-    """``{case: images/s cell}``: ``images`` per call over the case's median time."""
-    return {n: images_per_s_text(images / s.median) for n, s in stats.items()}
+def _images_per_s(config: BenchConfig, inf: _Inference, train: dict[str, Stats], train_batch: int
+                  ) -> dict[str, float]:
+    """``{'infer <impl>' | 'train <impl>': images/s}``: the images of one call over the case's median time."""
+    return {**{f"infer {n}": config.batch / s.median for n, s in inf.stats.items()},
+            **{f"train {n}": train_batch / s.median for n, s in train.items()}}
 
 
 def _tables(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak: dict[str, int], train_batch: int,
@@ -280,13 +282,13 @@ def _tables(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak:
     """The inference and training tables: timings, images/s, diffs or peak RSS, ``compile`` mode's column."""
     istats = inf.stats
     mode_headers, mode_cells = mode_column(config.mode, statuses)
-    infer_rate, train_rate = _images_per_s(istats, config.batch), _images_per_s(train, train_batch)
-    infer_diffs = {n: [infer_rate[n], f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
+    rate = {case: images_per_s_text(r) for case, r in _images_per_s(config, inf, train, train_batch).items()}
+    infer_diffs = {n: [rate[f"infer {n}"], f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
                        f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
                    for n in istats}
     infer_table = results_table(istats, HF, infer_diffs, ["images/s", f"max abs diff of logits vs HF ({config.mode})",
                                                           "pixels with densekit fp32's label", *mode_headers])
-    train_table = results_table(train, HF, {n: [train_rate[n], f"{peak[n] / 2**20:.0f}" if n in peak else "-",
+    train_table = results_table(train, HF, {n: [rate[f"train {n}"], f"{peak[n] / 2**20:.0f}" if n in peak else "-",
                                                 *mode_cells.get(f"train {n}", [])] for n in train},
                                 ["images/s", "peak RSS above resident, MiB (own process)", *mode_headers])
     return infer_table, train_table
@@ -380,8 +382,7 @@ def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
     h, w = config.size
     title = f"{pair.title}, {h}x{w}, batch {config.batch}, {config.mode}, {config.device}"
     stats = {**{f"infer {k}": v for k, v in inf.stats.items()}, **{f"train {k}": v for k, v in train.items()}}
-    images = {**{f"infer {k}": config.batch / v.median for k, v in inf.stats.items()},
-              **{f"train {k}": train_batch / v.median for k, v in train.items()}}
+    images = _images_per_s(config, inf, train, train_batch)
     return SuiteResult(name, title, stats, _markdown(pair, config, inf, train, peak, train_batch, statuses, gpu),
                        extra={"max_abs_diff": inf.diff, "gflops": inf.flops / 1e9,
                               "executed_gflops": inf.executed_flops / 1e9, "gemm_gflops": inf.gemm_rate / 1e9,
