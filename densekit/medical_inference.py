@@ -5,9 +5,11 @@ the nibabel array ``(X, Y, Z)`` transposed to ``(Z, X, Y)`` (axial slices along 
 ``densekit.datasets.nifti``); ``read_volume`` and ``save_nifti`` are inverse, so a prediction written with
 the source affine overlays the source scan in any viewer. Synapse h5 volumes are stored ``(D, H, W)``.
 
-``infer_volume`` runs the slices in batches: each batch is resized to the model's input size (bicubic),
-its logits are resized back to the slice size (bilinear) and reduced to labels at once, so at most one
-batch of full-resolution per-class logits exists at a time (``batch_size x K x H x W`` floats).
+``infer_volume`` runs the slices in batches. ``resize='bilinear'``: each batch is resized to the model's input
+size (bicubic), its logits are resized back to the slice size (bilinear) and reduced to labels at once, so at
+most one batch of full-resolution per-class logits exists at a time (``batch_size x K x H x W`` floats).
+``resize='zoom'``: the official Swin-Unet test's resizing (``scipy.ndimage.zoom`` order 3 in, argmax at the
+model's size, order 0 of the labels out), computed exactly on the torch side by ``densekit.zoom``.
 """
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from tqdm import tqdm
 
 from .datasets.nifti import NIFTI_SUFFIXES, load_nifti
 from .fileio import save_atomically
+from .zoom import zoom_images, zoom_labels
 
 VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".npy.h5", ".h5")
+RESIZE_MODES = ("bilinear", "zoom")
 
 
 # -- inference ----------------------------------------------------------------------------------------------
@@ -49,19 +53,24 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.inference_mode()
 def infer_volume(model: nn.Module, volume: np.ndarray | torch.Tensor, batch_size: int = 16,
                  input_size: Sequence[int] | None = (224, 224), device: torch.device | str | None = None,
-                 progress: bool = True, desc: str | None = None) -> np.ndarray:
+                 progress: bool = True, desc: str | None = None, resize: str = "bilinear") -> np.ndarray:
     """Labels ``(D, H, W)`` (uint8, int16 beyond 256 classes) of a volume ``(D, H, W)`` of model-ready
     intensities (e.g. windowed to [0, 1]).
 
-    Per batch of ``batch_size`` slices: ``(B, 1, H, W)`` -> bicubic resize to ``input_size`` (None: run at
-    ``(H, W)``) -> the model's normalisation (its ``data_preprocessor`` mean/std, when it has them) ->
-    ``model(x, mode='tensor')`` logits ``(B, K, h, w)`` -> bilinear resize to ``(H, W)`` -> argmax. A tqdm bar
-    counts slices (``progress=False`` hides it).
+    Per batch of ``batch_size`` slices, ``resize='bilinear'``: ``(B, 1, H, W)`` -> bicubic resize to
+    ``input_size`` (None: run at ``(H, W)``) -> the model's normalisation (its ``data_preprocessor`` mean/std,
+    when it has them) -> ``model(x, mode='tensor')`` logits ``(B, K, h, w)`` -> bilinear resize to ``(H, W)``
+    -> argmax. ``resize='zoom'``: the official Swin-Unet ``test_single_volume`` semantics, batched: cubic-spline
+    ``zoom`` to ``input_size`` -> normalisation -> logits -> argmax at ``(h, w)`` -> nearest ``zoom`` of the
+    labels to ``(H, W)`` (equal to scipy's, ``densekit.zoom``; no full-resolution logits, so it is also the
+    faster). A tqdm bar counts slices (``progress=False`` hides it).
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a volume (D, H, W), got shape {tuple(volume.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     was_training = model.training
     model.eval()
     device = torch.device(device) if device is not None else _model_device(model)
@@ -73,16 +82,21 @@ def infer_volume(model: nn.Module, volume: np.ndarray | torch.Tensor, batch_size
             for start in range(0, depth, batch_size):
                 x = torch.as_tensor(np.asarray(volume[start:start + batch_size], np.float32)).to(device)[:, None]
                 if input_size is not None and tuple(x.shape[-2:]) != tuple(input_size):
-                    x = F.interpolate(x, size=tuple(input_size), mode="bicubic", align_corners=False)
+                    x = (zoom_images(x, tuple(input_size)) if resize == "zoom" else
+                         F.interpolate(x, size=tuple(input_size), mode="bicubic", align_corners=False))
                 if norm is not None:
                     x = (x - norm[0].to(device)) / norm[1].to(device)
                 logits = model(x, mode="tensor")
                 num_classes = logits.shape[1]
                 # channels-last: the per-pixel argmax over classes reads contiguous memory (3x faster on CPU)
                 logits = logits.contiguous(memory_format=torch.channels_last)
-                if tuple(logits.shape[-2:]) != (height, width):
-                    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-                pred = logits.argmax(1)
+                if resize == "zoom":
+                    pred = logits.argmax(1)
+                    pred = pred if tuple(pred.shape[-2:]) == (height, width) else zoom_labels(pred, (height, width))
+                else:
+                    if tuple(logits.shape[-2:]) != (height, width):
+                        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+                    pred = logits.argmax(1)
                 del logits  # the only full-resolution per-class tensor; freed before the next batch
                 if labels is None:
                     labels = np.empty((depth, height, width), np.uint8 if num_classes <= 256 else np.int16)
@@ -255,13 +269,14 @@ def model_input_size(model: nn.Module, default: Sequence[int] = (224, 224)) -> t
 
 
 def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, window: str | None = "auto",
-                         batch_size: int = 16, palette: Sequence[Sequence[int]] | None = None) -> list[str]:
+                         batch_size: int = 16, palette: Sequence[Sequence[int]] | None = None,
+                         resize: str = "bilinear") -> list[str]:
     """Segment every volume in ``inputs`` (files or folders of ``.nii``/``.nii.gz``/``.npy.h5``); no labels needed.
 
     Per volume: ``<name>_pred.nii.gz`` (NIfTI input, the source affine) or ``<name>_pred.h5`` (h5 input), and
     ``<name>_montage.png`` (overlays of 16 slices). ``window='auto'`` windows NIfTI intensities as CT
     (``window_intensity(..., 'ct')``) and leaves h5 volumes as stored (Synapse h5 are windowed already);
-    ``'ct'``, ``'mr'`` or None force a choice. Returns the prediction paths.
+    ``'ct'``, ``'mr'`` or None force a choice. ``resize``: as in ``infer_volume``. Returns the prediction paths.
     """
     from .datasets.medical_transforms import window_intensity
     from .visualization import default_palette
@@ -279,7 +294,7 @@ def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, 
         name = osp.basename(path)
         for suffix in VOLUME_SUFFIXES:
             name = name[: -len(suffix)] if name.endswith(suffix) else name
-        labels = infer_volume(model, volume, batch_size=batch_size, input_size=size, desc=name)
+        labels = infer_volume(model, volume, batch_size=batch_size, input_size=size, desc=name, resize=resize)
         pred_path = osp.join(out_dir, f"{name}_pred" + (".nii.gz" if nifti else ".h5"))
         written.append(save_nifti(labels, affine, pred_path) if nifti else save_h5(labels, pred_path, spacing=spacing))
         colours = palette or default_palette(max(len(classes), int(labels.max()) + 1))

@@ -61,6 +61,23 @@ def test_slices_run_in_batches_resized_to_the_input_size_and_back():
     np.testing.assert_array_equal(exact, np.rint(volume * 2).astype(np.uint8))
 
 
+def test_zoom_resize_reproduces_the_official_slice_loop():
+    """``resize='zoom'`` = the official Swin-Unet ``test_single_volume``: per slice ``zoom(order=3)`` to the
+    input size, argmax of the logits, ``zoom(order=0)`` of the labels back; batching changes nothing."""
+    from scipy.ndimage import zoom
+
+    volume = np.clip(_volume() + np.random.default_rng(0).normal(0, 0.2, _volume().shape), 0, 1).astype(np.float32)
+    model = Thresholds()
+    labels = infer_volume(model, volume, batch_size=4, input_size=(24, 24), progress=False, resize="zoom")
+    assert model.calls == [(4, 1, 24, 24), (4, 1, 24, 24), (2, 1, 24, 24)]
+    expected = np.stack([zoom(model(torch.from_numpy(zoom(s, (24 / 40, 24 / 36), order=3))[None, None]).argmax(1)[0]
+                              .numpy(), (40 / 24, 36 / 24), order=0) for s in volume])
+    assert len(np.unique(expected)) == 3  # every class present: the comparison is not trivial
+    np.testing.assert_array_equal(labels, expected)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        infer_volume(model, volume, resize="nearest", progress=False)
+
+
 def test_model_normalisation_is_applied():
     model = Thresholds()
     model.data_preprocessor = nn.Module()

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", choices=["auto", "ct", "mr", "none"], default="auto",
                         help="volumes: intensity window (auto: CT for NIfTI, none for h5: Synapse stores it windowed)")
     parser.add_argument("--batch-size", type=int, default=16, help="volumes: slices per forward pass")
+    parser.add_argument("--volume-resize", choices=["bilinear", "zoom"], default="bilinear",
+                        help="volumes: bilinear = bicubic slices in, bilinear logits out; zoom = the official "
+                             "Swin-Unet test's scipy zoom (cubic spline in, argmax, nearest labels out), exactly")
     parser.add_argument("--top-k", type=int, default=20, help="RPN configs: proposals drawn per image")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model's inference path (the first image, and each new size, compiles; "
@@ -99,7 +102,8 @@ def _infer(model: torch.nn.Module, args: argparse.Namespace) -> None:
         return
     if any(is_volume_file(p) or (Path(p).is_dir() and not _has_images(Path(p))) for p in args.images):
         window = None if args.window == "none" else args.window
-        for path in segment_volume_files(model, args.images, args.out_dir, window, args.batch_size):
+        for path in segment_volume_files(model, args.images, args.out_dir, window, args.batch_size,
+                                         resize=args.volume_resize):
             print(f"wrote {path}")
         return
     classes = model.dataset_meta.get("classes", [])
