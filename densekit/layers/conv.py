@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .winograd import use_winograd, winograd_conv3x3
+
 NORMS = ("BN", "SyncBN")
 
 
@@ -92,8 +94,9 @@ class ConvModule(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``."""
-        x = self.conv(x)
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``. 3x3 convolutions on the CPU in fp32 run by Winograd
+        F(2x2, 3x3) (``densekit.layers.winograd``: 2.25x fewer multiplies, same result up to rounding)."""
+        x = winograd_conv3x3(x, self.conv.weight, self.conv.bias) if use_winograd(x, self.conv) else self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
         if self.activate is not None:
