@@ -7,8 +7,9 @@ convolution becomes 16 independent matrix products ``(C_out x C_in) @ (C_in x ti
 multiply-adds, still at GEMM speed. UPerNet's 3x3 convolutions on the 1/4-scale map (``fpn_bottleneck``:
 2048 -> 512 channels at 128x128 for a 512x512 image) are most of its FLOPs, forward and backward.
 
-Transforms (``B^T``, ``G``, ``A^T`` below) are the standard F(2, 3) matrices; input channels are processed in
-blocks of ``CHANNELS_PER_CHUNK`` per image so the transformed input never exists whole (it is 4x the input). The backward pass is
+Transforms (``B^T``, ``G``, ``A^T`` below) are the standard F(2, 3) matrices; each image is processed in bands of
+tile rows (``BAND_FLOATS``) so the transform domain (4x the map) never exists whole: the extra memory stays
+under ~150 MiB whatever the layer (training-step peak memory is one of the things densekit is measured on). The backward pass is
 Winograd too: the input gradient is the same convolution of the output gradient with the flipped, transposed
 kernel; the weight gradient is ``sum over tiles of dM @ V^T`` in the transform domain, mapped back by ``G``.
 In exact arithmetic all three equal the direct convolution's; in fp32 they differ by rounding (~1e-6
@@ -16,11 +17,12 @@ relative; ``tests/layers/test_winograd.py`` checks forward and backward against 
 
 ``ConvModule`` uses it through ``use_winograd`` (CPU, fp32 outside autocast, not traced, 3x3 / stride 1 /
 padding 1 / no dilation or groups, NCHW input, and layers big enough for it to pay); everything else keeps
-``nn.Conv2d``, which is also the reference path (``ENABLED = False``).
+``nn.Conv2d``, which is also the reference path (``ENABLED = False``, or ``DENSEKIT_WINOGRAD=0`` in the environment).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +30,8 @@ from torch import nn
 
 from .window_attention import is_tracing
 
-ENABLED = True
-CHANNELS_PER_CHUNK = 512
+ENABLED = os.environ.get("DENSEKIT_WINOGRAD", "1") != "0"  # DENSEKIT_WINOGRAD=0: always nn.Conv2d
+BAND_FLOATS = 1 << 24  # 64 MiB of fp32 transformed tiles at a time
 # Where Winograd beats oneDNN's direct convolution (see `use_winograd`).
 MIN_TRAIN_CHANNELS, MIN_TRAIN_PIXELS = 512 * 512, 32 * 32
 MIN_INFER_IN_CHANNELS, MIN_INFER_PIXELS = 1024, 64 * 64
@@ -94,9 +96,11 @@ def _input_tiles(xp: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return tiles.view(16, c, rows * cols)
 
 
-def _chunks(channels: int) -> list[tuple[int, int]]:
-    """Input-channel blocks that keep the transformed tiles (4x the input) to about ``CHANNELS_PER_CHUNK``."""
-    return [(c, min(channels, c + CHANNELS_PER_CHUNK)) for c in range(0, channels, CHANNELS_PER_CHUNK)]
+def _bands(rows: int, cols: int, channels: int) -> list[tuple[int, int]]:
+    """Tile-row bands ``(r0, r1)`` whose transformed tiles (``16 x channels x tiles`` floats, input or output
+    side) stay near ``BAND_FLOATS``: the transform domain is 4x the map, so it never exists whole."""
+    step = max(1, BAND_FLOATS // (16 * channels * cols))
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -108,13 +112,11 @@ def _forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     u = torch.einsum("ai,kcij,bj->abkc", g, weight, g).reshape(16, k, c)  # transformed filters
     xp = _padded(x, rows, cols)
     out = x.new_empty(batch, k, 2 * rows, 2 * cols)
-    m = x.new_empty(16, k, rows * cols)
     for b in range(batch):
-        for i, (c0, c1) in enumerate(_chunks(c)):
-            v = _input_tiles(xp[b, c0:c1], rows, cols)
-            torch.bmm(u[:, :, c0:c1], v, out=m) if i == 0 else m.baddbmm_(u[:, :, c0:c1], v)
-        y = (at2 @ m.view(16, -1)).view(2, 2, k, rows, cols)  # output tiles (2 p, 2 q, K, rows, cols)
-        out[b].view(k, rows, 2, cols, 2).copy_(y.permute(2, 3, 0, 4, 1))
+        for r0, r1 in _bands(rows, cols, max(c, k)):
+            m = torch.bmm(u, _input_tiles(xp[b, :, 2 * r0:2 * r1 + 2], r1 - r0, cols))  # (16, K, tiles)
+            y = (at2 @ m.view(16, -1)).view(2, 2, k, r1 - r0, cols)  # output tiles (2 p, 2 q, K, r, cols)
+            out[b, :, 2 * r0:2 * r1].view(k, r1 - r0, 2, cols, 2).copy_(y.permute(2, 3, 0, 4, 1))
     return out if (2 * rows, 2 * cols) == (h, w) else out[:, :, :h, :w].contiguous()
 
 
@@ -128,10 +130,10 @@ def _weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     gp = F.pad(grad, (0, 2 * cols - w, 0, 2 * rows - h))  # cropped outputs have zero gradient
     du = x.new_zeros(16, k, c)
     for b in range(batch):
-        dy = gp[b].view(k, rows, 2, cols, 2).permute(2, 4, 0, 1, 3).reshape(4, -1)
-        dm = (at2.T @ dy).view(16, k, -1)  # (16, K, tiles)
-        for c0, c1 in _chunks(c):
-            du[:, :, c0:c1].baddbmm_(dm, _input_tiles(xp[b, c0:c1], rows, cols).transpose(1, 2))
+        for r0, r1 in _bands(rows, cols, max(c, k)):
+            dy = gp[b, :, 2 * r0:2 * r1].view(k, r1 - r0, 2, cols, 2).permute(2, 4, 0, 1, 3).reshape(4, -1)
+            dm = (at2.T @ dy).view(16, k, -1)  # (16, K, tiles)
+            du.baddbmm_(dm, _input_tiles(xp[b, :, 2 * r0:2 * r1 + 2], r1 - r0, cols).transpose(1, 2))
     return torch.einsum("ai,abkc,bj->kcij", g, du.view(4, 4, k, c), g)
 
 

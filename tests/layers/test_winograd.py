@@ -13,14 +13,14 @@ from densekit.layers.conv import ConvModule
 from densekit.layers.winograd import use_winograd, winograd_conv3x3
 
 
-@pytest.mark.parametrize(("batch", "channels", "out", "height", "width", "chunk", "bias"), [
-    (2, 8, 5, 9, 7, 3, True),      # odd sizes (cropped tiles), channel blocks of 3 (a ragged last block)
-    (1, 16, 16, 6, 6, 512, False),  # even sizes, one block
-    (2, 32, 24, 11, 10, 8, True),
-    (1, 4, 3, 1, 1, 512, True),     # a single pixel: all taps but the centre see padding
+@pytest.mark.parametrize(("batch", "channels", "out", "height", "width", "band", "bias"), [
+    (2, 8, 5, 9, 7, 16 * 8 * 4 * 2, True),  # odd sizes (cropped tiles), bands of 2 tile rows (a ragged last one)
+    (1, 16, 16, 6, 6, 1 << 24, False),      # even sizes, one band
+    (2, 32, 24, 11, 10, 1, True),           # bands of one tile row
+    (1, 4, 3, 1, 1, 1 << 24, True),         # a single pixel: all taps but the centre see padding
 ])
-def test_forward_and_gradients_equal_conv2d(monkeypatch, batch, channels, out, height, width, chunk, bias):
-    monkeypatch.setattr(winograd, "CHANNELS_PER_CHUNK", chunk)
+def test_forward_and_gradients_equal_conv2d(monkeypatch, batch, channels, out, height, width, band, bias):
+    monkeypatch.setattr(winograd, "BAND_FLOATS", band)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64, requires_grad=True)
     w = torch.randn(out, channels, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
