@@ -198,7 +198,7 @@ class _Inference:
     diff: float  # max abs diff of the logits in the suite's mode
     same_labels: float | None  # share of pixels where bf16 autocast keeps densekit fp32's label (fp32 runs)
     flops: int  # the model's forward FLOPs, counted on HF's implementation (what mmseg and HF publish)
-    executed_flops: int  # what densekit's forward executes (less: no projection work on padded window tokens)
+    executed_flops: int  # what densekit's forward executes (less: no projections of padded tokens, Winograd convs)
     gemm_rate: float  # the machine's fp32 matmul FLOP/s
     steps: dict[str, Callable[[], Any]]  # 'infer <impl>': the timed step as the mode runs it (prepare_step)
 
@@ -363,7 +363,8 @@ tokens, so this is the published count), {achieved / 1e9:.1f} GFLOP/s at denseki
 **{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
 ({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
 {inf.executed_flops / 1e9:.1f} GFLOP: it skips the projections of padded tokens, work the others do and
-discard.{bf16_text}{_mode_text(config.mode, statuses)}\
+discard, and on the CPU in fp32 runs its widest 3x3 convolutions by Winograd F(2x2, 3x3)
+(`densekit/layers/winograd.py`, 2.25x fewer multiplies).{bf16_text}{_mode_text(config.mode, statuses)}\
 {_gpu_text(config, inf, train, train_batch, gpu)}
 """
 

@@ -193,5 +193,6 @@ official loop's median.
 densekit / official loop (median, {ratio_mode}): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
 {_ms(stats['official loop (zoom)'].median)} ms).{caveat}{note_text}
 """
-    extra = {"agreement": agreement, "dice": dice, "organ_share": organ_share, **({"compile": statuses} if statuses else {})}
+    extra = {"agreement": agreement, "dice": dice, "organ_share": organ_share,
+             **({"compile": statuses} if statuses else {})}
     return SuiteResult("swin_unet_volume", title, stats, markdown, extra=extra)

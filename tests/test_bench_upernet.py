@@ -36,13 +36,13 @@ def test_cpu_markdown_has_images_per_s_and_no_gpu_section():
     assert text.count("| implementation | median ms | min ms | ratio vs HF transformers | images/s |") == 2
     assert _row(text, "| densekit |") == "| densekit | 50.0 | 50.0 | 0.62 | 320 | 3.0e-02 | - |"  # 16 / 0.05 s
     assert _row(text, "| HF transformers | 250.0") == "| HF transformers | 250.0 | 250.0 | 1.00 | 64 | - |"
-    assert text.endswith("work the others do and\ndiscard.\n")  # the section ends with the compute-rate note
+    assert text.endswith("2.25x fewer multiplies).\n")  # the section ends with the compute-rate note
 
 
 def test_cuda_markdown_reports_throughput_mfu_and_peak_memory():
     gpu = mfu.GpuRates("NVIDIA H100 80GB HBM3", mfu.bf16_peak("NVIDIA H100 80GB HBM3"), 700e12)
     text = _render(16, gpu)
-    assert "discard.\n\nGPU utilisation (NVIDIA H100 80GB HBM3)" in text
+    assert "multiplies).\n\nGPU utilisation (NVIDIA H100 80GB HBM3)" in text
     assert "over the batch of 16, 472.0 GFLOP" in text and "989.4 TFLOPS (NVIDIA datasheet, H100 SXM)" in text
     # inference 320 images/s x 472 GFLOP = 151.0 TFLOP/s; training 80 images/s x 3 x 472 GFLOP = 113.3 TFLOP/s
     assert _row(text, "| inference: densekit |") == (

@@ -125,3 +125,20 @@ def test_tools_infer_bf16_labels_match_fp32(trained):
     # about bf16 numerics (tests/backbones/test_swin.py and the benchmark's label agreement cover those).
     assert labels["bf16"].shape == labels["fp32"].shape
     assert (labels["bf16"] == labels["fp32"]).mean() >= 0.98
+
+
+def test_tools_infer_volume_resize_zoom_is_infer_volume_zoom(trained):
+    """``--volume-resize zoom`` reaches ``infer_volume(resize='zoom')``: the file equals the in-process labels."""
+    from densekit.apis import init_model
+    from densekit.datasets.medical_transforms import window_intensity
+    from densekit.medical_inference import infer_volume, model_input_size, read_volume
+
+    _, config, checkpoint, work = trained
+    out = work / "infer_zoom"
+    _run("tools/infer.py", str(config), str(checkpoint), str(IMAGE), "--out-dir", str(out), "--window", "mr",
+         "--volume-resize", "zoom")
+    written = np.asarray(nib.load(str(out / "mr_crop_pred.nii.gz")).dataobj)
+    model = init_model(str(config), str(checkpoint))
+    volume = window_intensity(read_volume(str(IMAGE))[0], "mr")
+    expected = infer_volume(model, volume, input_size=model_input_size(model), progress=False, resize="zoom")
+    np.testing.assert_array_equal(written, expected)

@@ -9,9 +9,9 @@ multiply-adds, still at GEMM speed. UPerNet's 3x3 convolutions on the 1/4-scale 
 
 Transforms (``B^T``, ``G``, ``A^T`` below) are the standard F(2, 3) matrices; each image is processed in bands of
 tile rows (``BAND_FLOATS``) so the transform domain (4x the map) never exists whole: the extra memory stays
-under ~150 MiB whatever the layer (training-step peak memory is one of the things densekit is measured on). The backward pass is
-Winograd too: the input gradient is the same convolution of the output gradient with the flipped, transposed
-kernel; the weight gradient is ``sum over tiles of dM @ V^T`` in the transform domain, mapped back by ``G``.
+near 200 MiB whatever the layer, in buffers reused by every band. The backward pass is Winograd too: the
+input gradient is the same convolution of the output gradient with the flipped, transposed kernel; the weight
+gradient is ``sum over tiles of dM @ V^T`` in the transform domain, mapped back by ``G``.
 In exact arithmetic all three equal the direct convolution's; in fp32 they differ by rounding (~1e-6
 relative; ``tests/layers/test_winograd.py`` checks forward and backward against ``F.conv2d``).
 
@@ -25,7 +25,6 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .window_attention import is_tracing
@@ -33,7 +32,7 @@ from .window_attention import is_tracing
 ENABLED = os.environ.get("DENSEKIT_WINOGRAD", "1") != "0"  # DENSEKIT_WINOGRAD=0: always nn.Conv2d
 BAND_FLOATS = 1 << 24  # 64 MiB of fp32 transformed tiles at a time
 # Where Winograd beats oneDNN's direct convolution (see `use_winograd`).
-MIN_TRAIN_CHANNELS, MIN_TRAIN_PIXELS = 512 * 512, 32 * 32
+MIN_TRAIN_WORK = 512 * 512 * 32 * 32  # C_in * C_out * H * W
 MIN_INFER_IN_CHANNELS, MIN_INFER_PIXELS = 1024, 64 * 64
 
 # F(2, 3): filter transform G (4x3), output transform A^T (2x4); the input transform
@@ -51,11 +50,12 @@ def _matrices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def use_winograd(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether ``conv(x)`` should run through ``winograd_conv3x3`` (same result up to fp32 rounding, faster).
 
-    Where it pays was measured on a 2-core AVX-512 CPU (forward + backward, batch 2): oneDNN's direct backward
-    is the slow part, so in training 512 -> 512 channels at 32x32 and up gain 8-15% and 2048 -> 512 at 128x128
-    gains 21%; smaller layers lose (the filter transform and the element-wise passes dominate). oneDNN's
-    direct forward is fast, so inference only gains on wide inputs (2048 -> 512 at 128x128: 7%; 512 -> 512:
-    3% slower)."""
+    Where it pays was measured on a 2-core AVX-512 CPU. Training (forward + backward, batch 2): 2048 -> 512
+    channels at 128x128 takes 0.62x oneDNN's direct time, 512 -> 512 at 128x128 0.68x, at 32x32 0.87x,
+    256 -> 256 at 64x64 0.77x, but 384 -> 256 at 32x32 1.14x (the filter transform and the element-wise
+    passes dominate small layers): hence ``C_in * C_out * H * W >= MIN_TRAIN_WORK``. oneDNN's direct forward
+    is faster than its backward, so inference gains on wide inputs only (batch 1, 128x128: 2048 -> 512 0.69x,
+    1024 -> 512 0.74x, 512 -> 512 1.10x)."""
     if not (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and not is_tracing()
             and x.is_contiguous() and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
@@ -64,15 +64,36 @@ def use_winograd(x: torch.Tensor, conv: nn.Conv2d) -> bool:
         return False
     pixels = x.shape[-2] * x.shape[-1]
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad):
-        return conv.in_channels * conv.out_channels >= MIN_TRAIN_CHANNELS and pixels >= MIN_TRAIN_PIXELS
+        return conv.in_channels * conv.out_channels * pixels >= MIN_TRAIN_WORK
     return conv.in_channels >= MIN_INFER_IN_CHANNELS and pixels >= MIN_INFER_PIXELS
 
 
-def _padded(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, C, 2 rows + 2, 2 cols + 2)``: the conv's zero border, plus a zero row/column
-    when ``H``/``W`` is odd (it only feeds outputs that are cropped)."""
+class _Workspace:
+    """Scratch buffers of one call, reused by every band. A fresh large allocation is mapped and zeroed page by
+    page by the kernel each time, which here would cost as much as the arithmetic."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like, self.buffers = like, {}
+
+    def get(self, name: str, *shape: int) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self.buffers[name] = self.like.new_empty(numel)
+        return buffer[:numel].view(shape)
+
+
+def _band_rows(x: torch.Tensor, first: int, count: int, width: int, left: int, out: torch.Tensor) -> torch.Tensor:
+    """``out`` ``(C, count, width)`` = rows ``first .. first + count - 1`` of ``x`` ``(C, H, W)``, its columns
+    placed from ``left``; rows and columns outside ``x`` are zero (the conv's padding)."""
     h, w = x.shape[-2:]
-    return F.pad(x, (1, 2 * cols + 1 - w, 1, 2 * rows + 1 - h))
+    lo, hi = max(0, first), min(h, first + count)
+    out[:, lo - first:hi - first, left:left + w].copy_(x[:, lo:hi])
+    out[:, :lo - first].zero_()
+    out[:, hi - first:].zero_()
+    out[:, lo - first:hi - first, :left].zero_()
+    out[:, lo - first:hi - first, left + w:].zero_()
+    return out
 
 
 def _transform(x: torch.Tensor, dim: int, n: int, out: torch.Tensor) -> torch.Tensor:
@@ -86,13 +107,14 @@ def _transform(x: torch.Tensor, dim: int, n: int, out: torch.Tensor) -> torch.Te
     return out
 
 
-def _input_tiles(xp: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Transformed 4x4 input tiles ``B^T d B`` of a padded ``(C, 2 rows + 2, 2 cols + 2)`` map:
-    ``(16, C, rows * cols)``, index ``4 a + b`` for row transform ``a`` and column transform ``b``. Done
-    separably with strided element-wise ops (columns, then rows): memory-bound passes, no gather copy."""
-    c, hp, _ = xp.shape
-    by_col = _transform(xp, 2, cols, xp.new_empty(4, c, hp, cols))  # (4 b, C, Hp, cols)
-    tiles = _transform(by_col, 2, rows, xp.new_empty(4, 4, c, rows, cols))  # (4 a, 4 b, C, rows, cols)
+def _input_tiles(x: torch.Tensor, r0: int, r1: int, cols: int, ws: _Workspace) -> torch.Tensor:
+    """Transformed 4x4 input tiles ``B^T d B`` of tile rows ``r0:r1`` of one image ``x`` ``(C, H, W)`` (zero
+    padded by one): ``(16, C, (r1 - r0) * cols)``, index ``4 a + b`` for row transform ``a`` and column
+    transform ``b``. Done separably with strided element-wise ops (columns, then rows), no gather copy."""
+    c, rows = x.shape[0], r1 - r0
+    band = _band_rows(x, 2 * r0 - 1, 2 * rows + 2, 2 * cols + 2, 1, ws.get("band", c, 2 * rows + 2, 2 * cols + 2))
+    by_col = _transform(band, 2, cols, ws.get("by_col", 4, c, 2 * rows + 2, cols))  # (4 b, C, rows', cols)
+    tiles = _transform(by_col, 2, rows, ws.get("tiles", 4, 4, c, rows, cols))  # (4 a, 4 b, C, rows, cols)
     return tiles.view(16, c, rows * cols)
 
 
@@ -110,13 +132,15 @@ def _forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows, cols = math.ceil(h / 2), math.ceil(w / 2)
     g, at2 = _matrices(x)
     u = torch.einsum("ai,kcij,bj->abkc", g, weight, g).reshape(16, k, c)  # transformed filters
-    xp = _padded(x, rows, cols)
     out = x.new_empty(batch, k, 2 * rows, 2 * cols)
+    ws = _Workspace(x)
     for b in range(batch):
         for r0, r1 in _bands(rows, cols, max(c, k)):
-            m = torch.bmm(u, _input_tiles(xp[b, :, 2 * r0:2 * r1 + 2], r1 - r0, cols))  # (16, K, tiles)
-            y = (at2 @ m.view(16, -1)).view(2, 2, k, r1 - r0, cols)  # output tiles (2 p, 2 q, K, r, cols)
-            out[b, :, 2 * r0:2 * r1].view(k, r1 - r0, 2, cols, 2).copy_(y.permute(2, 3, 0, 4, 1))
+            n = (r1 - r0) * cols
+            m = torch.bmm(u, _input_tiles(x[b], r0, r1, cols, ws), out=ws.get("m", 16, k, n))
+            y = torch.mm(at2, m.view(16, -1), out=ws.get("y", 4, k * n))  # output tiles (2 p x 2 q, K, r, cols)
+            out[b, :, 2 * r0:2 * r1].view(k, r1 - r0, 2, cols, 2).copy_(
+                y.view(2, 2, k, r1 - r0, cols).permute(2, 3, 0, 4, 1))
     return out if (2 * rows, 2 * cols) == (h, w) else out[:, :, :h, :w].contiguous()
 
 
@@ -126,14 +150,17 @@ def _weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     k = grad.shape[1]
     rows, cols = math.ceil(h / 2), math.ceil(w / 2)
     g, at2 = _matrices(x)
-    xp = _padded(x, rows, cols)
-    gp = F.pad(grad, (0, 2 * cols - w, 0, 2 * rows - h))  # cropped outputs have zero gradient
     du = x.new_zeros(16, k, c)
+    ws = _Workspace(x)
     for b in range(batch):
         for r0, r1 in _bands(rows, cols, max(c, k)):
-            dy = gp[b, :, 2 * r0:2 * r1].view(k, r1 - r0, 2, cols, 2).permute(2, 4, 0, 1, 3).reshape(4, -1)
-            dm = (at2.T @ dy).view(16, k, -1)  # (16, K, tiles)
-            du.baddbmm_(dm, _input_tiles(xp[b, :, 2 * r0:2 * r1 + 2], r1 - r0, cols).transpose(1, 2))
+            n = (r1 - r0) * cols
+            # The output gradient of these tiles, cropped outputs zero: (2 p x 2 q, K * tiles).
+            band = _band_rows(grad[b], 2 * r0, 2 * (r1 - r0), 2 * cols, 0, ws.get("grad", k, 2 * (r1 - r0), 2 * cols))
+            dy = ws.get("dy", 2, 2, k, r1 - r0, cols)
+            dy.copy_(band.view(k, r1 - r0, 2, cols, 2).permute(2, 4, 0, 1, 3))
+            dm = torch.mm(at2.T, dy.view(4, -1), out=ws.get("m", 16, k * n)).view(16, k, n)
+            du.baddbmm_(dm, _input_tiles(x[b], r0, r1, cols, ws).transpose(1, 2))
     return torch.einsum("ai,abkc,bj->kcij", g, du.view(4, 4, k, c), g)
 
 

@@ -42,8 +42,7 @@ def test_fp32_error_is_rounding_only():
 
 
 def _train_and_infer_sizes(monkeypatch) -> None:
-    monkeypatch.setattr(winograd, "MIN_TRAIN_CHANNELS", 16 * 16)
-    monkeypatch.setattr(winograd, "MIN_TRAIN_PIXELS", 8 * 8)
+    monkeypatch.setattr(winograd, "MIN_TRAIN_WORK", 16 * 16 * 8 * 8)
     monkeypatch.setattr(winograd, "MIN_INFER_IN_CHANNELS", 32)
     monkeypatch.setattr(winograd, "MIN_INFER_PIXELS", 8 * 8)
 
