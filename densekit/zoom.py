@@ -44,12 +44,14 @@ def zoom_index(n_in: int, n_out: int) -> np.ndarray:
 
 def zoom_images(x: torch.Tensor, size: tuple[int, int], order: int = 3) -> torch.Tensor:
     """``(..., H, W)`` float -> ``(..., size[0], size[1])``: ``scipy.ndimage.zoom(slice, (size[0] / H,
-    size[1] / W), order=order)`` of every slice, as two matmuls in ``x``'s dtype and device."""
+    size[1] / W), order=order)`` of every slice, as two matmuls in ``x``'s dtype and device (also under
+    autocast)."""
     h, w = x.shape[-2:]
     out_h, out_w = size
     rows = torch.as_tensor(zoom_matrix(h, out_h, order), dtype=x.dtype, device=x.device)
     cols = torch.as_tensor(zoom_matrix(w, out_w, order), dtype=x.dtype, device=x.device)
-    return rows @ x @ cols.T
+    with torch.autocast(x.device.type, enabled=False):  # a resize, not model compute: keep x's precision
+        return rows @ x @ cols.T
 
 
 def zoom_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

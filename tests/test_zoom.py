@@ -37,3 +37,11 @@ def test_maps_are_cached_and_shaped():
     np.testing.assert_array_equal(zoom_index(4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
     with pytest.raises(ValueError, match="zoom sizes must be >= 1"):
         zoom_matrix(0, 4)
+
+
+def test_autocast_does_not_lower_the_resize_precision():
+    x = torch.rand(2, 1, 40, 36)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = zoom_images(x, (24, 24))
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, zoom_images(x, (24, 24)), rtol=0, atol=0)
