@@ -127,18 +127,25 @@ def test_tools_infer_bf16_labels_match_fp32(trained):
     assert (labels["bf16"] == labels["fp32"]).mean() >= 0.98
 
 
-def test_tools_infer_volume_resize_zoom_is_infer_volume_zoom(trained):
-    """``--volume-resize zoom`` reaches ``infer_volume(resize='zoom')``: the file equals the in-process labels."""
-    from densekit.apis import init_model
-    from densekit.datasets.medical_transforms import window_intensity
-    from densekit.medical_inference import infer_volume, model_input_size, read_volume
+def test_tools_infer_volume_resize_reaches_infer_volume(trained, monkeypatch):
+    """``--volume-resize zoom`` reaches ``infer_volume(resize='zoom')`` (the 40-iteration model labels this
+    volume background either way, so the call is checked, not the labels; tests/test_medical_inference.py
+    checks what ``resize='zoom'`` computes)."""
+    from densekit import medical_inference
+    from densekit.commands.infer import main
 
+    calls = []
+    original = medical_inference.infer_volume
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("resize"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(medical_inference, "infer_volume", recording)
     _, config, checkpoint, work = trained
-    out = work / "infer_zoom"
-    _run("tools/infer.py", str(config), str(checkpoint), str(IMAGE), "--out-dir", str(out), "--window", "mr",
-         "--volume-resize", "zoom")
-    written = np.asarray(nib.load(str(out / "mr_crop_pred.nii.gz")).dataobj)
-    model = init_model(str(config), str(checkpoint))
-    volume = window_intensity(read_volume(str(IMAGE))[0], "mr")
-    expected = infer_volume(model, volume, input_size=model_input_size(model), progress=False, resize="zoom")
-    np.testing.assert_array_equal(written, expected)
+    for resize in ("zoom", "bilinear"):
+        out = work / f"infer_{resize}"
+        main([str(config), str(checkpoint), str(IMAGE), "--out-dir", str(out), "--window", "mr",
+              "--volume-resize", resize])
+        assert (out / "mr_crop_pred.nii.gz").is_file()
+    assert calls == ["zoom", "bilinear"]
