@@ -62,8 +62,8 @@ def infer_volume(model: nn.Module, volume: np.ndarray | torch.Tensor, batch_size
     when it has them) -> ``model(x, mode='tensor')`` logits ``(B, K, h, w)`` -> bilinear resize to ``(H, W)``
     -> argmax. ``resize='zoom'``: the official Swin-Unet ``test_single_volume`` semantics, batched: cubic-spline
     ``zoom`` to ``input_size`` -> normalisation -> logits -> argmax at ``(h, w)`` -> nearest ``zoom`` of the
-    labels to ``(H, W)`` (equal to scipy's, ``densekit.zoom``; no full-resolution logits, so it is also the
-    faster). A tqdm bar counts slices (``progress=False`` hides it).
+    labels to ``(H, W)`` (equal to scipy's, ``densekit.zoom``; no full-resolution logits). A tqdm bar counts
+    slices (``progress=False`` hides it).
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a volume (D, H, W), got shape {tuple(volume.shape)}")

@@ -17,7 +17,8 @@ relative; ``tests/layers/test_winograd.py`` checks forward and backward against 
 
 ``ConvModule`` uses it through ``use_winograd`` (CPU, fp32 outside autocast, not traced, 3x3 / stride 1 /
 padding 1 / no dilation or groups, NCHW input, and layers big enough for it to pay); everything else keeps
-``nn.Conv2d``, which is also the reference path (``ENABLED = False``, or ``DENSEKIT_WINOGRAD=0`` in the environment).
+``nn.Conv2d``, which is also the reference path (``ENABLED = False``, or ``DENSEKIT_WINOGRAD=0`` in the
+environment). First derivatives only (no double backward).
 """
 from __future__ import annotations
 
@@ -173,6 +174,7 @@ class _Winograd3x3(torch.autograd.Function):
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
