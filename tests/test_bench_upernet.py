@@ -72,3 +72,14 @@ def test_fp32_run_lists_the_bf16_autocast_case_too():
     assert _row(text, f"| inference: {BF16} |").startswith(f"| inference: {BF16} | 80 | 472.0 | 37.8 | 12.1% |")
     assert "This run's mode is `fp32`, not `bf16`" in text
 
+
+
+def test_padded_token_text_only_for_windowed_backbones():
+    """The compute-rate note explains padded window tokens for Swin, not for ConvNeXt, which has none."""
+    config = BenchConfig(size=(512, 512), batch=1, runs=2, warmup=0, mode="bf16")
+    inf, train = _fake_run(1, cuda=False)
+    texts = {name: _markdown(pair, config, inf, train, {}, 2, {}) for name, pair in UPERNETS.items()}
+    assert "skips the projections of padded tokens" in texts["swin_t"]
+    assert "padded window tokens, so this is the published count" in texts["swin_t"]
+    assert "padded" not in texts["convnext_t"]
+    assert all("Winograd F(2x2, 3x3)" in text for text in texts.values())
