@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from ..layers.fused_linear import fused_linear_available, linear
+from ..layers.fused_linear import chunk_rows, fused_linear_available, linear
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..layers.window_attention import WindowAttention
@@ -76,9 +76,20 @@ class SwinBlock(nn.Module):
         if self.training or self.attn.attn_impl != "sdpa" or not fused_linear_available(x):
             x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        # Inference: biases, the GELU and both residual adds happen inside the linear kernels.
-        x = linear(self.attn.attend(self.norm1(x), window, shift), self.attn.proj, residual=x)
-        return linear(linear(self.norm2(x), self.mlp.fc1, "gelu"), self.mlp.fc2, residual=x)
+        # Inference: tiles of windows, then row chunks; biases, the GELU and the attention's residual add happen
+        # inside the linear kernels.
+        return self._mlp_inference_(self.attn.residual_tiled(x, self.norm1, window, shift))
+
+    def _mlp_inference_(self, x: torch.Tensor) -> torch.Tensor:
+        """``x += mlp(norm2(x))`` in place, for CPU inference: ``(B, H, W, C)`` -> ``x``, fused kernels, in row
+        chunks whose 4C-wide hidden rows stay in cache (``fused_linear.chunk_rows``). ``x`` must be the
+        block's own tensor (``residual_tiled`` returns a fresh one)."""
+        rows = x.view(-1, x.shape[-1])
+        step = chunk_rows(self.mlp.fc1.out_features)
+        for i in range(0, rows.shape[0], step):
+            chunk = rows[i:i + step]
+            chunk += linear(linear(self.norm2(chunk), self.mlp.fc1, "gelu"), self.mlp.fc2)
+        return x
 
 
 class SwinStage(nn.Module):

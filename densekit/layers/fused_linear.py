@@ -18,6 +18,12 @@ from torch import nn
 from .window_attention import is_tracing
 
 ACTIVATIONS = (None, "gelu")
+# Row chunks of CPU inference: the widest intermediate of a chunk (qkv rows, the MLP's hidden rows) is at most
+# this many values (6 MiB in float32). At Swin-T's stride-4 stage (16384 tokens at 512x512) whole-map
+# intermediates are 20-25 MB: they miss the cache, and the largest allocation of a forward is mmap-ed and
+# page-faulted afresh on every call (glibc's dynamic mmap threshold), measured at up to 25k page faults per
+# forward. Chunks make the consumer read its input from cache and stay off fresh pages.
+CHUNK_VALUES = 6 << 18
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -30,6 +36,11 @@ def fused_linear_available(x: torch.Tensor) -> bool:
     """Whether ``linear`` takes the fused oneDNN path for input ``x``."""
     return (x.device.type == "cpu" and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
             and _compute_dtype(x) in _FUSED_DTYPES and not is_tracing())
+
+
+def chunk_rows(width: int) -> int:
+    """Rows per chunk for an intermediate ``width`` values wide (at least 1)."""
+    return max(1, CHUNK_VALUES // width)
 
 
 def _cast(layer: nn.Linear, name: str, dtype: torch.dtype) -> torch.Tensor | None:

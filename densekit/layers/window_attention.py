@@ -12,7 +12,9 @@ them in place and writes its output token-major, so no head permute either); one
 cached additive mask; a second gather undoes the order and drops the padded tokens, so the output projection
 runs on real tokens only. The folded mask is cached per (padded size, window, shift, batch, dtype, device)
 whenever the bias table cannot change under us (no autograd on it); during training only the cheap bias
-gather is redone each step.
+gather is redone each step. For CPU inference ``residual_tiled`` runs the same steps, plus the block's norm and
+the output projection with its residual add, over tiles of whole windows, so no step writes a whole-map
+intermediate.
 
 Reference path (``'reference'``, and whenever a graph is traced or compiled): the official Swin's pad, roll,
 partition and per-window matmul-softmax-matmul, kept for tests and export.
@@ -20,7 +22,8 @@ partition and per-window matmul-softmax-matmul, kept for tests and export.
 from __future__ import annotations
 
 import contextlib
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import NamedTuple
 
 import torch
@@ -140,11 +143,16 @@ class WindowOrder(NamedTuple):
         zeroed afterwards).
     pads: ``(P,)`` window-order rows that are padding, or None when the map needs no padding.
     scatter: ``(B*H*W,)`` window-order row of every token, so gathering with it inverts the order.
+    is_pad: ``(B*Hp*Wp,)`` bool, True on padding rows, or None when the map needs no padding.
+    dest: ``(B*Hp*Wp,)`` token row of every window-order row, ``B*H*W`` (one row past the map) for padding
+        rows, so copying to it inverts the order into a map with one spare row.
     """
 
     gather: torch.Tensor
     pads: torch.Tensor | None
     scatter: torch.Tensor
+    is_pad: torch.Tensor | None
+    dest: torch.Tensor
 
 
 @lru_cache(maxsize=128)
@@ -162,9 +170,12 @@ def window_order(height: int, width: int, window: int, shift: int, batch: int, d
         position[source[~is_pad]] = torch.arange(hp * wp)[~is_pad]
         image = torch.arange(batch)[:, None]
         gather = (source[None] + image * (height * width)).reshape(-1)
-        pads = is_pad.repeat(batch).nonzero().squeeze(1) if is_pad.any() else None
+        is_pad = is_pad.repeat(batch)
+        pads = is_pad.nonzero().squeeze(1) if is_pad.any() else None
         scatter = (position[None] + image * (hp * wp)).reshape(-1)
-        return WindowOrder(gather.to(device), None if pads is None else pads.to(device), scatter.to(device))
+        dest = torch.where(is_pad, batch * height * width, gather)
+        return WindowOrder(gather.to(device), None if pads is None else pads.to(device), scatter.to(device),
+                           None if pads is None else is_pad.to(device), dest.to(device))
 
 
 class WindowAttention(nn.Module):
@@ -267,13 +278,12 @@ class WindowAttention(nn.Module):
     def attend(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """The fast path's attention output before the output projection (``forward`` minus ``proj``);
         ``(B, H, W, C)`` -> ``(B, H, W, C)``. ``SwinBlock`` fuses the projection with its residual add."""
-        from .fused_linear import linear  # imports is_tracing from here
+        from .fused_linear import linear  # it imports is_tracing from here
 
         b, h, w, c = x.shape
-        nh, head_dim, n = self.num_heads, c // self.num_heads, window * window
         order = window_order(h, w, window, shift, b, x.device)
         pads = order.pads
-        if pads is not None and pads.numel() * c > PROJECT_FIRST * order.gather.numel():
+        if self._project_first(order, c):
             # Much padding on a wide stage: project only the real tokens and gather the 3C-wide rows; a padded
             # (zero) token projects to the qkv bias, which is what its rows get.
             qkv = F.embedding(order.gather, linear(x.reshape(-1, c), self.qkv))
@@ -287,13 +297,77 @@ class WindowAttention(nn.Module):
             if pads is not None:
                 windows.index_fill_(0, pads, 0.0)  # a fresh tensor: in place, no copy
             qkv = linear(windows, self.qkv)
-        qkv = qkv.view(-1, n, 3, nh, head_dim)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B*nW, nH, N, d) views
-        mask = self.folded_mask(-(-h // window) * window, -(-w // window) * window, window, shift, b, q.dtype)
+        out = self._attend_windows(qkv, self._mask_of(h, w, window, shift, b), 0)
+        return F.embedding(order.scatter, out).view(b, h, w, c)
+
+    def residual_tiled(self, x: torch.Tensor, norm: nn.Module, window: int, shift: int) -> torch.Tensor:
+        """``x + proj(attention(norm(x)))`` for CPU inference, computed tile by tile.
+
+        A tile is a run of whole windows, ``chunk_rows(3C)`` rows at most: its raw rows are gathered straight
+        from ``x``, normalised, projected, attended, projected back with the residual added, and copied to
+        their token rows of the output; every intermediate is one tile big and stays in cache (at Swin-T's
+        stride-4 stage the whole-map version writes ~50 MB of intermediates per block, page-faulted afresh).
+        The output has one spare row that takes the padding rows. Maps whose padding is better projected
+        first (see ``attend``) take ``attend`` whole instead.
+
+        Args:
+            x: ``(B, H, W, C)`` block input (not normalised).
+            norm: the block's pre-attention LayerNorm.
+            window, shift: as in ``forward``.
+
+        Returns:
+            ``(B, H, W, C)``, a fresh tensor. ``SwinBlock.forward``'s training path is the reference.
+        """
+        from .fused_linear import chunk_rows, linear  # it imports is_tracing from here
+
+        b, h, w, c = x.shape
+        order = window_order(h, w, window, shift, b, x.device)
+        if self._project_first(order, c):
+            return linear(self.attend(norm(x), window, shift), self.proj, residual=x)
+        rows = x.reshape(-1, c)
+        out = x.new_empty(b * h * w + 1, c)
+        fold = self._mask_of(h, w, window, shift, b)
+        n = window * window
+        step = n * max(1, chunk_rows(3 * c) // n)
+        for i in range(0, order.gather.numel(), step):
+            raw = F.embedding(order.gather[i:i + step], rows)
+            normed = norm(raw)
+            if order.is_pad is not None:
+                normed.masked_fill_(order.is_pad[i:i + step, None], 0.0)  # zeros after the norm, as in attend
+            attended = self._attend_windows(linear(normed, self.qkv), fold, i // n)
+            out.index_copy_(0, order.dest[i:i + step], linear(attended, self.proj, residual=raw))
+        return out[:-1].view(b, h, w, c)
+
+    def _project_first(self, order: WindowOrder, channels: int) -> bool:
+        return order.pads is not None and order.pads.numel() * channels > PROJECT_FIRST * order.gather.numel()
+
+    def _mask_of(self, height: int, width: int, window: int, shift: int, batch: int
+                 ) -> Callable[[torch.dtype], torch.Tensor]:
+        """``folded_mask`` of an unpadded ``height x width`` map, waiting for its dtype."""
+        return partial(self.folded_mask, -(-height // window) * window, -(-width // window) * window, window, shift,
+                       batch)
+
+    def _attend_windows(self, qkv: torch.Tensor, fold: Callable[[torch.dtype], torch.Tensor],
+                        first: int) -> torch.Tensor:
+        """Attention of ``nw`` consecutive whole windows, from window ``first`` on.
+
+        Args:
+            qkv: ``(nw*N, 3C)`` their projected rows.
+            fold: ``folded_mask`` of the whole map, given the dtype: ``(1 or B*nW, nH, N, N)``.
+            first: index of the first window among the map's ``B*nW``.
+
+        Returns:
+            ``(nw*N, C)`` attention output, token-major.
+        """
+        mask = fold(qkv.dtype)
+        n, c = mask.shape[-1], qkv.shape[-1] // 3
+        qkv = qkv.view(-1, n, 3, self.num_heads, c // self.num_heads)
+        if mask.shape[0] > 1:
+            mask = mask[first:first + qkv.shape[0]]
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (nw, nH, N, d) views
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        out = out.transpose(1, 2).reshape(-1, c)  # token-major already: a view, no copy
-        return F.embedding(order.scatter, out).view(b, h, w, c)
+        return out.transpose(1, 2).reshape(-1, c)  # token-major already: a view, no copy
 
     def attention_weights(self, x: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference attention weights ``softmax(q k^T / sqrt(d) + bias + shift mask)`` and the values.

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import densekit
-from densekit.backbones.swin import SwinTransformer
+from densekit.backbones.swin import SwinBlock, SwinTransformer
+from densekit.layers import fused_linear
 from densekit.layers.window_attention import WindowAttention
 
 SIZES = [(512, 512), (500, 375)]
@@ -119,6 +120,22 @@ def test_sdpa_equals_reference_in_eval_with_cache():
     for a, b, c in zip(first, second, expected):
         assert torch.equal(a, b)
         assert (a - c).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("chunk_values", [1, 1000, 1 << 30])
+def test_block_inference_chunks_equal_the_training_path(chunk_values, monkeypatch):
+    """The fused CPU inference path (window tiles, MLP row chunks added in place) at several chunk sizes
+    against the same block's plain path (grad mode)."""
+    monkeypatch.setattr(fused_linear, "CHUNK_VALUES", chunk_values)
+    torch.manual_seed(0)
+    block = SwinBlock(32, 2, 7, shift=True).eval()
+    x = torch.randn(2, 10, 23, 32)
+    expected = block(x)  # grad mode: the plain path
+    with torch.no_grad():
+        assert fused_linear.fused_linear_available(x)
+        got = block(x)
+    assert not torch.equal(got, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mask_cache_follows_weight_updates():
