@@ -53,7 +53,7 @@ class PatchEmbed(nn.Module):
         b, c, h, w = x.shape
         p = self.patch_size
         # (B, C, H/p, p, W/p, p) -> (B, H/p, W/p, C, p, p): each row one patch in the kernel's (C, kh, kw) order
-        patches = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
         return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
