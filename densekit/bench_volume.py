@@ -81,7 +81,7 @@ def fit_to_volume(model: nn.Module, volume: np.ndarray, labels: np.ndarray, iter
     of class-balanced cross-entropy on random slices zoomed to 224x224 as the official training does (cubic
     spline images, nearest labels). Class balancing matters: with plain cross-entropy (or the recipe's
     CE + Dice) tens of steps from scratch leave the model on background, and then two loops agree trivially;
-    balanced, 60 steps make it label organ voxels (in the docs run 6% of the voxels, organ Dice 0.17: a weak
+    balanced, 60 steps make it label organ voxels (in the docs runs 5.5-6% of the voxels, organ Dice 0.13-0.17: a weak
     segmentation, but with label boundaries where the two loops can differ). Leaves the model in eval mode."""
     import torch.nn.functional as F
 
