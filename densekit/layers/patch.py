@@ -36,6 +36,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)``."""
+        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:  # the unfolded path would fail in a matmul
+            raise ValueError(f"PatchEmbed expects (B, {self.proj.in_channels}, H, W), got {tuple(x.shape)}")
         p = self.patch_size
         pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
         if is_tracing() or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch

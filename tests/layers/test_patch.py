@@ -1,6 +1,8 @@
 """PatchEmbed's CPU path (unfolded patches times the flattened kernel) against its convolution."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -54,6 +56,13 @@ def test_forward_equals_the_convolution_reference_fp32(channels_last):
         out = embed(x)
         ref = embed.norm(embed.project_conv(x))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (3, 32, 32)])
+def test_wrong_input_shape_is_named(shape):
+    embed = _embed(3, 8, 4).float()
+    with pytest.raises(ValueError, match=re.escape(f"expects (B, 3, H, W), got {shape}")):
+        embed(torch.randn(*shape))
 
 
 def test_patch_merging_inference_equals_training_path():
