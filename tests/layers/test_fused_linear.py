@@ -1,6 +1,9 @@
 """Fused oneDNN linear (bias, GELU, residual add) against the plain F.linear path."""
 from __future__ import annotations
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,14 +56,44 @@ def test_fused_under_bf16_autocast_matches_autocast_dtypes(activation, with_resi
     assert (got.float() - ref.detach()).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
-def test_cast_cache_follows_weight_updates():
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_weights_follow_updates(autocast):
     layer = _layer(16, 8)
     x = torch.randn(4, 16)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before = linear(x, layer)
-        layer.weight.mul_(2)
-        after = linear(x, layer)
-    assert not torch.allclose(before.float(), after.float())
+
+    def run() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return linear(x, layer).float()
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return F.linear(x, layer.weight, layer.bias).float()
+
+    tol = 0.05 if autocast else 1e-5
+    before = run()
+    with torch.no_grad():
+        layer.weight.mul_(2)  # an in-place update, as an optimizer step makes
+        layer.bias.add_(1)
+    assert not torch.allclose(before, run()) and (run() - plain()).abs().max().item() < tol
+    layer.load_state_dict({"weight": torch.randn(8, 16), "bias": torch.randn(8)})
+    assert (run() - plain()).abs().max().item() < tol
+    layer.weight.data.mul_(-1)  # bypasses the version counter: the cache is stale until cleared
+    fused_linear.clear_packed_weights()
+    assert (run() - plain()).abs().max().item() < tol
+
+
+def test_module_with_packed_weights_copies_and_pickles():
+    layer = _layer(16, 8)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        expected = linear(x, layer)  # packs the weight (an opaque oneDNN tensor, not copyable)
+        copied = copy.deepcopy(layer)
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        for other in (copied, loaded):
+            assert torch.equal(linear(x, other), expected)
 
 
 def test_plain_path_when_autograd_records_or_tracing(monkeypatch):
