@@ -123,7 +123,7 @@ class PatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, 2H, 2W, C/2)``."""
-        return self.norm(tokens_to_pixels(self.expand(x), 2))
+        return self.norm(tokens_to_pixels(linear(x, self.expand), 2))
 
 
 class FinalPatchExpand(nn.Module):
@@ -143,4 +143,4 @@ class FinalPatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, s*H, s*W, C)``."""
-        return self.norm(tokens_to_pixels(self.expand(x), self.scale))
+        return self.norm(tokens_to_pixels(linear(x, self.expand), self.scale))

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
+from torch import nn
 
 from densekit.convert.segmentor import load_segmentor_checkpoint
+from densekit.layers import fused_linear
 from densekit.layers.patch import FinalPatchExpand, PatchExpand, tokens_to_pixels
 from densekit.models import SwinUnet
 from densekit.registry import MODELS
@@ -92,6 +94,39 @@ def test_sdpa_and_reference_attention_agree():
     x = torch.randn(1, 1, 96, 72)
     with torch.no_grad():
         assert torch.allclose(fast(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_values", [None, 16 * 16 * 7])  # default: one chunk; else 7 tokens, a short last one
+def test_tiled_classifier_equals_expand_then_conv(monkeypatch, chunk_values):
+    """CPU inference classifies chunks of tokens (``classify_tiled``); the reference expands the whole map, then
+    normalises and convolves it."""
+    if chunk_values:
+        monkeypatch.setattr(fused_linear, "CHUNK_VALUES", chunk_values)
+    decoder = slim(num_classes=5).eval().decode_head
+    nn.init.normal_(decoder.up.norm.weight)  # LayerNorm's default affine would hide a dropped one
+    nn.init.normal_(decoder.up.norm.bias)
+    x = torch.randn(2, 5, 6, 16)
+    with torch.no_grad():
+        assert fused_linear.fused_linear_available(x)
+        tiled = decoder.classify_tiled(x)
+        reference = decoder.conv_seg(decoder.up(x).permute(0, 3, 1, 2))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tiled_bf16 = decoder.classify_tiled(x)
+            reference_bf16 = decoder.conv_seg(decoder.up(x).permute(0, 3, 1, 2))
+    assert tiled.shape == reference.shape == (2, 5, 20, 24)
+    assert (tiled - reference).abs().max().item() < 1e-5
+    assert tiled.is_contiguous(memory_format=torch.channels_last)
+    assert tiled_bf16.dtype == reference_bf16.dtype == torch.bfloat16
+    assert (tiled_bf16.float() - reference_bf16.float()).abs().max().item() < 0.05 * reference.abs().max().item()
+
+
+def test_inference_path_equals_training_path():
+    """The whole model without autograd (fused and tiled kernels) against the same model recording autograd."""
+    model = slim().eval()
+    x = torch.randn(2, 1, 100, 75)
+    with torch.no_grad():
+        fast = model(x)
+    assert (fast - model(x).detach()).abs().max().item() < 1e-4
 
 
 # ------------------------------------------------------------------------------------------ decoder
