@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hf_upernet_reference import hf_upernet
 from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 from mmengine.optim import OptimWrapper
@@ -32,51 +33,10 @@ from densekit.structures import SegDataSample
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
 SIZE = 512
 
 
 # ------------------------------------------------------------------------------ HF parity, 512x512
-def _randomize(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affines, LayerNorms, bias tables and layer scales."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def noise(t: torch.Tensor, std: float) -> torch.Tensor:
-        return std * torch.randn(t.shape, generator=gen)
-
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(noise(module.running_mean, 0.1))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=gen))
-                module.weight.copy_(1 + noise(module.weight, 0.1))
-                module.bias.copy_(noise(module.bias, 0.1))
-            elif isinstance(module, nn.LayerNorm):
-                module.weight.add_(noise(module.weight, 0.2))
-                module.bias.add_(noise(module.bias, 0.2))
-        for name, param in model.named_parameters():
-            if "layer_scale" in name:  # HF inits 1e-6: the blocks would barely count
-                param.copy_(0.5 + 0.5 * torch.rand(param.shape, generator=gen))
-            elif "relative_position_bias_table" in name:  # HF inits zeros
-                param.copy_(noise(param, 0.5))
-
-
-def _hf_upernet(kind: str) -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    if kind == "swin":
-        backbone = transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                                           drop_path_rate=0.0, out_features=STAGES)
-    else:
-        backbone = transformers.ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3],
-                                               out_features=STAGES)
-    config = transformers.UperNetConfig(backbone_config=backbone, num_labels=150, hidden_size=512,
-                                        auxiliary_in_channels=384, use_auxiliary_head=True)
-    torch.manual_seed(0)
-    model = transformers.UperNetForSemanticSegmentation(config).eval()
-    _randomize(model)
-    return model
-
-
 def ade_model_cfg(kind: str) -> dict:
     """``configs/upernet_swin_t_ade.py``'s model with BatchNorm; ConvNeXt-T (with HF's stage norms) for ``convnext``."""
     cfg = copy.deepcopy(Config.fromfile(str(REPO / "configs" / "upernet_swin_t_ade.py")).model.to_dict())
@@ -97,7 +57,7 @@ def _capture(module: nn.Module, store: dict, name: str):
 def parity(request):
     """Logits of HF UperNet and of the densekit EncoderDecoder holding its converted weights, one pass each."""
     kind = request.param
-    hf = _hf_upernet(kind)
+    hf = hf_upernet(kind)
     converted, unmapped = convert_hf_upernet(hf.state_dict())
     model = EncoderDecoder(**ade_model_cfg(kind)).eval()
     model.load_state_dict(converted, strict=True)
