@@ -9,7 +9,8 @@ from mmengine.model import BaseModel
 from torch import nn
 
 from densekit.apis import build_runner, train
-from densekit.hooks import NonFiniteLossError
+from densekit.hooks import CpuMemoryHook, NonFiniteLossError
+from densekit.layers import fused_linear
 from densekit.registry import DATASETS, MODELS
 
 
@@ -69,6 +70,16 @@ def test_cpu_training_logs_show_resident_memory(tmp_path):
     assert 50 < rss < 64 * 1024  # MiB: a Python process with torch loaded, far from absurd
     _, line = runner.log_processor.get_log_after_iter(runner, runner.iter - 1, "train")  # LoggerHook's line
     assert "rss_mb: " in line
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_cpu_memory_hook_drops_validation_packed_weights():
+    layer = nn.Linear(8, 4)
+    with torch.no_grad():  # CPU inference, as in validation: the weight gets packed
+        fused_linear.linear(torch.randn(2, 8), layer)
+    assert layer in fused_linear._PACKED
+    CpuMemoryHook().after_val_epoch(runner=None, metrics={})
+    assert layer not in fused_linear._PACKED
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
