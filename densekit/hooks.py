@@ -84,7 +84,7 @@ class CpuMemoryHook(Hook):
 
     After each validation it also drops the weights validation packed for oneDNN
     (``densekit.layers.fused_linear``): the next optimizer step makes them stale, and they would otherwise stay
-    resident through training (one copy of every linear weight, ~110 MB for Swin-T).
+    allocated through training (one copy of every linear weight: 105 MiB for Swin-T).
     """
 
     priority = "LOW"
