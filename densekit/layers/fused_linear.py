@@ -51,7 +51,8 @@ def chunk_rows(width: int) -> int:
 # packed tensor is opaque (it cannot be deep-copied or pickled), so the cache is kept off the layer, weakly keyed by
 # it, and rebuilt when an in-place update (optimizer step, ``load_state_dict``, EMA) changes a parameter's version
 # or storage. Writes through ``.data`` bypass the version counter: after such a write call
-# ``clear_packed_weights()``. Cost: one packed copy of each weight (per dtype) while the layer lives.
+# ``clear_packed_weights()``. Parameters created under ``torch.inference_mode()`` have no version counter and
+# are not packed. Cost: one packed copy of each weight (per dtype) while the layer lives.
 _PACKED: weakref.WeakKeyDictionary[nn.Linear, dict] = weakref.WeakKeyDictionary()
 # The row count oneDNN picks the weight layout for; measured alike from 64 to 4096 rows.
 PACK_ROWS_HINT = 1024
@@ -65,6 +66,10 @@ def clear_packed_weights() -> None:
 def _operands(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``layer``'s weight packed for oneDNN and its bias, both in ``dtype`` (the autocast dtype under autocast)."""
     weight, bias = layer.weight, layer.bias
+    if any(p is not None and p.is_inference() for p in (weight, bias)):
+        # Parameters made under torch.inference_mode() have no version counter: in-place updates would go unseen,
+        # so nothing is cached (plain weights, oneDNN reorders them per call).
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
     key = tuple((p._version, p.data_ptr()) if p is not None else None for p in (weight, bias))
     per_layer = _PACKED.setdefault(layer, {})
     cached = per_layer.get(dtype)

@@ -240,7 +240,9 @@ class WindowAttention(nn.Module):
         3-D mask to the slower math path."""
         table = self.relative_position_bias_table
         # Never while a graph is recorded: the key reads the table's data pointer, which traced tensors lack.
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
+        # Nor for a table made under torch.inference_mode(): it has no version counter to notice updates by.
+        cacheable = (not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
+                     and not table.is_inference())
         batch = batch if shift else 1
         if not cacheable:
             return self._fold(height, width, window, shift, batch, dtype)

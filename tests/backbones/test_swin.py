@@ -277,3 +277,28 @@ def test_inference_mode_then_training():
     outs = model.train()(x)
     sum(o.mean() for o in outs).backward()
     assert model.stages[1].blocks[1].attn.relative_position_bias_table.grad is not None
+
+
+def test_model_built_under_inference_mode():
+    """Parameters made under torch.inference_mode() have no version counter: nothing is cached on them (packed
+    weights, folded masks), and in-place updates made there still show."""
+    torch.manual_seed(0)
+    reference = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = reference(x)
+    with torch.inference_mode():
+        model = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
+        model.load_state_dict(reference.state_dict())
+        got = model(x)
+        attn = model.stages[0].blocks[1].attn
+        attn.relative_position_bias_table.add_(torch.randn_like(attn.relative_position_bias_table))
+        attn.qkv.weight.mul_(2)
+        updated = model(x)
+    with torch.no_grad():
+        reference.stages[0].blocks[1].attn.load_state_dict(attn.state_dict())
+        expected_updated = reference(x)
+    assert max((a - b).abs().max().item() for a, b in zip(got, expected)) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(updated, expected_updated)) < 1e-5
+    assert not torch.allclose(updated[0], got[0])
+    assert attn.qkv not in fused_linear._PACKED and not attn._mask_cache
