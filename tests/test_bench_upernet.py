@@ -73,7 +73,6 @@ def test_fp32_run_lists_the_bf16_autocast_case_too():
     assert "This run's mode is `fp32`, not `bf16`" in text
 
 
-
 def test_padded_token_text_only_for_windowed_backbones():
     """The compute-rate note explains padded window tokens for Swin, not for ConvNeXt, which has none."""
     config = BenchConfig(size=(512, 512), batch=1, runs=2, warmup=0, mode="bf16")
