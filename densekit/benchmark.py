@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import math
 import os
 import platform
 import re
@@ -125,12 +126,32 @@ def gemm_rate(size: int = 2048, runs: int = 5, device: str = "cpu", dtype: torch
     return 2 * size**3 / statistics.median(time_fn(lambda: a @ b, warmup=2, runs=runs, device=device))
 
 
+def _fused_linear_flops(x_shape: Sequence[int], *args: Any, out_shape: Sequence[int], **kwargs: Any) -> int:
+    """``mkldnn::_linear_pointwise`` (both overloads): ``(M, K) -> (M, N)``, 2 M K N."""
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
+def _cpu_sdpa_flops(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int], *args: Any,
+                    out_shape: Any = None, **kwargs: Any) -> int:
+    """``aten::_scaled_dot_product_flash_attention_for_cpu``: counted as torch counts the CUDA kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
+# torch's counter knows neither op, so without these the fused CPU inference path (densekit.layers.fused_linear,
+# PyTorch's CPU flash attention) would count as no work at all.
+_CPU_FLOP_FORMULAS = {torch.ops.mkldnn._linear_pointwise: _fused_linear_flops,
+                      torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
 def model_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter`` counts them (2 per multiply-add of matmuls
-    and convolutions; elementwise work is not counted)."""
+    """FLOPs of one call of ``fn`` as ``torch.utils.flop_counter`` counts them (2 per multiply-add of matmuls,
+    convolutions and attention, the oneDNN fused linears and CPU flash attention included; elementwise work is not
+    counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_CPU_FLOP_FORMULAS) as counter:
         fn()
     return counter.get_total_flops()
 

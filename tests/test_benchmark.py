@@ -155,6 +155,23 @@ def test_gemm_rate_and_model_flops():
     assert benchmark.model_flops(lambda: linear(torch.randn(8, 64))) == 2 * 8 * 64 * 32
 
 
+def test_model_flops_counts_the_fused_cpu_inference_path():
+    """Under inference mode densekit's Swin runs oneDNN fused linears (plain and with a residual add) and CPU
+    flash attention, ops torch's counter does not know: they count as the autograd path's matmuls do."""
+    from densekit.backbones.swin import SwinTransformer
+    from densekit.layers.fused_linear import fused_linear_available
+
+    model = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
+    x = torch.randn(1, 3, 112, 112)  # every stage a window multiple: both paths do the same work
+    reference = benchmark.model_flops(lambda: model(x))  # autograd on: the reference path, aten matmuls
+    with torch.inference_mode():
+        assert fused_linear_available(x)
+        fused = benchmark.model_flops(lambda: model(x))
+    assert fused == reference
+    patch_embed = 2 * 28 * 28 * 16 * 3 * 4 * 4
+    assert fused > 10 * patch_embed
+
+
 # --------------------------------------------------------------------------- modes: fp32, bf16, channels_last, compile
 # The stand-ins of tests/mode_stubs.py are imported in the tests, not at the top: the peak-RSS test imports
 # this file as tests.test_benchmark in a process of its own, where tests/ is not on sys.path.
