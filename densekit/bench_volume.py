@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +26,10 @@ from .benchmark import (
     _ms,
     compare,
     compile_statuses,
+    gemm_rate,
     mode_column,
     mode_note,
+    model_flops,
     prepare_model,
     register_suite,
     results_table,
@@ -121,6 +124,37 @@ def build_swin_unet(seed: int = 0) -> nn.Module:
     return build_model(load_config(str(CONFIG)), pretrained=False).eval()
 
 
+class ComputeFloor(NamedTuple):
+    figures: dict[str, float]
+    text: str
+
+
+def slice_flops(model: nn.Module) -> int:
+    """FLOPs of the model's forward on one slice at the model input size."""
+    with torch.inference_mode():
+        return model_flops(lambda: model(torch.zeros(1, 1, *INPUT_SIZE), mode="tensor"))
+
+
+def compute_floor(per_slice: int, depth: int, medians: dict[str, float]) -> ComputeFloor:
+    """The volume's model FLOPs (``per_slice`` times ``depth``) against this machine's matmul rates, measured now:
+    how long the forwards alone take at the fp32 and bf16 rates of a 2048x2048 ``a @ b`` (a floor no CPU loop
+    gets under), and the rate each case's median reaches. ``medians``: seconds per case."""
+    total = depth * per_slice
+    rates = {"fp32": gemm_rate(), "bf16": gemm_rate(dtype=torch.bfloat16)}
+    figures = {"gflop_per_slice": per_slice / 1e9, **{f"{k}_gemm_gflops": r / 1e9 for k, r in rates.items()},
+               **{f"{k}_floor_ms": 1e3 * total / r for k, r in rates.items()}}
+    reached = ", ".join(f"{name} {total / seconds / 1e9:.1f} GFLOP/s = {total / seconds / rates[kind]:.0%} of the "
+                        f"{kind} rate" for name, seconds in medians.items()
+                        for kind in ["bf16" if "bf16" in name else "fp32"])
+    text = (f"Compute floor: the model's forward is {per_slice / 1e9:.2f} GFLOP per {INPUT_SIZE[0]}x{INPUT_SIZE[1]} "
+            f"slice (`torch.utils.flop_counter`: matmuls, convolutions and attention, 2 per multiply-add), "
+            f"{total / 1e9:.0f} GFLOP for the {depth} slices. At this run's matmul rates (2048x2048 `a @ b`, median "
+            f"of 5: fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s) those FLOPs "
+            f"alone take **{figures['fp32_floor_ms']:.0f} ms** in fp32 and **{figures['bf16_floor_ms']:.0f} ms** in "
+            f"bf16, with no other work. Reached at the medians: {reached}.")
+    return ComputeFloor(figures, text)
+
+
 @register_suite
 def swin_unet_volume(config: BenchConfig) -> SuiteResult:
     """Volume inference (``--batch`` = slices, default 100 here when 1 is given; ``--size`` = slice size)."""
@@ -129,6 +163,7 @@ def swin_unet_volume(config: BenchConfig) -> SuiteResult:
     model = build_swin_unet(config.seed)
     volume, labels = synthetic_volume(depth, h, w, config.seed)
     fit_to_volume(model, volume, labels, TRAIN_ITERS, seed=config.seed)
+    per_slice = slice_flops(model)  # before any compile
     # channels_last / compile change the one model both loops call (their 1-channel slices are the same bytes in
     # either memory format); fp32 and bf16 keep the cases they always had.
     new_mode = config.mode in ("channels_last", "compile")
@@ -154,6 +189,7 @@ def swin_unet_volume(config: BenchConfig) -> SuiteResult:
     dice = {name: organ_dice(out, labels) for name, out in outputs.items()}
     organ_share = {name: float((out > 0).mean()) for name, out in outputs.items()}
     stats = compare(cases, max(0, config.warmup - 1), config.runs, "cpu")
+    floor = compute_floor(per_slice, depth, {name: stats[name].median for name in stats})
     statuses = compile_statuses({name: model for name in cases}) if config.mode == "compile" else {}
     mode_headers, mode_cells = mode_column(config.mode, statuses)
     table = results_table(stats, "official loop (zoom)",
@@ -191,8 +227,10 @@ official loop's median.
 {table}
 
 densekit / official loop (median, {ratio_mode}): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
-{_ms(stats['official loop (zoom)'].median)} ms).{caveat}{note_text}
+{_ms(stats['official loop (zoom)'].median)} ms).
+
+{floor.text}{caveat}{note_text}
 """
-    extra = {"agreement": agreement, "dice": dice, "organ_share": organ_share,
+    extra = {"agreement": agreement, "dice": dice, "organ_share": organ_share, "floor": floor.figures,
              **({"compile": statuses} if statuses else {})}
     return SuiteResult("swin_unet_volume", title, stats, markdown, extra=extra)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from densekit import bench_volume
+from densekit.benchmark import model_flops
 from densekit.medical_inference import infer_volume
 
 
@@ -38,3 +40,20 @@ def test_densekit_zoom_resize_gives_the_official_loop_labels():
     ours = infer_volume(model, volume, batch_size=4, progress=False, resize="zoom")
     assert len(np.unique(official)) == 9
     assert (ours == official).mean() > 0.999
+
+
+def test_slice_flops_counts_the_inference_path_as_the_autograd_path():
+    model = bench_volume.build_swin_unet(0)
+    x = torch.zeros(1, 1, *bench_volume.INPUT_SIZE)
+    reference = model_flops(lambda: model(x, mode="tensor"))  # autograd on: aten matmuls and convolutions
+    assert bench_volume.slice_flops(model) == reference > 10e9  # Swin-Unet-T at 224: ~12 GFLOP
+
+
+def test_compute_floor_times_the_volume_flops_at_the_measured_matmul_rates(monkeypatch):
+    rates = {torch.float32: 100e9, torch.bfloat16: 400e9}
+    monkeypatch.setattr(bench_volume, "gemm_rate", lambda dtype=torch.float32: rates[dtype])
+    floor = bench_volume.compute_floor(int(10e9), 100, {"official loop (zoom)": 20.0, "densekit bf16": 5.0})
+    assert floor.figures["fp32_floor_ms"] == pytest.approx(10_000)  # 1000 GFLOP at 100 GFLOP/s
+    assert floor.figures["bf16_floor_ms"] == pytest.approx(2_500)
+    assert "official loop (zoom) 50.0 GFLOP/s = 50% of the fp32 rate" in floor.text
+    assert "densekit bf16 200.0 GFLOP/s = 50% of the bf16 rate" in floor.text
