@@ -363,7 +363,8 @@ densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].me
 ({_ms(train['densekit'].median)} ms vs {_ms(train[HF].median)} ms){peak_text}.
 
 Compute rate: the model's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter` on HF's forward:
-matmuls, convolutions and attention, 2 per multiply-add{published}), {achieved / 1e9:.1f} GFLOP/s at densekit's median time =
+matmuls, convolutions and attention, 2 per multiply-add{published}), {achieved / 1e9:.1f} GFLOP/s at densekit's \
+median time =
 **{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
 ({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
 {inf.executed_flops / 1e9:.1f} GFLOP: {skipped}on the CPU in fp32 it runs its widest 3x3 convolutions by

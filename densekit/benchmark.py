@@ -544,6 +544,10 @@ def _timm_swin_t(img_size: tuple[int, int] = (224, 224)) -> nn.Module:
     return timm.create_model(_TIMM_SWIN_T, pretrained=False, num_classes=0, img_size=img_size)
 
 
+# timm built at its default 224 with ``strict_img_size=False``, timed at other sizes: see build_swin_t_models.
+TIMM_DYNAMIC = "timm (strict_img_size=False)"
+
+
 def _load_timm_swin(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     """Load window-7 timm weights into a timm Swin built for a size where some stage is smaller
     than the window (timm then shrinks that stage's window and table): crop the tables to their
@@ -568,16 +572,18 @@ def _with_fused_attn(model: nn.Module) -> nn.Module:
     return fused
 
 
-def build_swin_t_models(sizes: Sequence[tuple[int, int]], device: str, seed: int = 0
+def build_swin_t_models(sizes: Sequence[tuple[int, int]], device: str, seed: int = 0,
+                        dynamic_size: tuple[int, int] | None = None
                         ) -> tuple[dict[str, nn.Module], dict[tuple[int, int], dict[str, nn.Module]]]:
     """densekit Swin-T (SDPA and reference attention) and timm Swin-T with identical random weights.
 
     The weights are those of a timm Swin-T at 224 (window 7 in every stage) seeded with ``seed``.
     densekit takes any size, so its two models serve every size. timm is built per size with
     ``img_size=size``: at a fixed size it precomputes its shift masks and picks window and shift
-    per stage for that size, as densekit does (and caches). With ``strict_img_size=False`` it
-    would rebuild the masks every forward and take stage sizes from the 224 default, dropping
-    the shift of stage 3 at 512x512 - a different model.
+    per stage for that size, as densekit does (and caches). Built at 224 with ``strict_img_size=False``
+    instead (``TIMM_DYNAMIC``, added for ``dynamic_size`` when that is not 224), it rebuilds the masks
+    every forward and keeps the windows and shifts of the 224 build, dropping the shift of stage 3 at
+    512x512 - a different model, timed but not held to agree.
 
     Returns:
         densekit models ``{name: model}`` and, per size, timm models ``{name: model}``.
@@ -597,6 +603,12 @@ def build_swin_t_models(sizes: Sequence[tuple[int, int]], device: str, seed: int
         timm_model = source if size == (224, 224) else _load_timm_swin(_timm_swin_t(size), weights)
         timm_model = timm_model.eval().to(device)
         peers[size] = {"timm": timm_model, "timm (fused_attn=True)": _with_fused_attn(timm_model)}
+    if dynamic_size is not None and tuple(dynamic_size) != (224, 224):
+        import timm
+
+        dynamic = timm.create_model(_TIMM_SWIN_T, pretrained=False, num_classes=0, strict_img_size=False)
+        dynamic.load_state_dict(weights, strict=True)
+        peers[tuple(dynamic_size)][TIMM_DYNAMIC] = dynamic.eval().to(device)
     return ours, peers
 
 
@@ -650,7 +662,8 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     # Agreement is checked in fp32 at a size where timm and densekit share semantics (see
     # swin_agreement_size), then timing runs at the asked size with the same weights.
     check = (swin_agreement_size(h), swin_agreement_size(w))
-    ours, peers = build_swin_t_models([check, (h, w)], dev, config.seed)
+    ours, peers = build_swin_t_models([check, (h, w)], dev, config.seed, dynamic_size=(h, w))
+    dynamic = peers[(h, w)].pop(TIMM_DYNAMIC, None)  # not held to agree: see build_swin_t_models
     gen = torch.Generator().manual_seed(config.seed)
     x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
     xc = x if check == (h, w) else torch.randn(config.batch, 3, *check, generator=gen).to(dev)
@@ -659,7 +672,8 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     check_agreement(check_diffs, f"Swin-T maps against timm's at {check[0]}x{check[1]}")
     if check != (h, w):
         del peers[check]
-    cases, steps = backbone_cases({**ours, **peers[(h, w)]}, x, config)
+    cases, steps = backbone_cases({**ours, **peers[(h, w)], **({TIMM_DYNAMIC: dynamic} if dynamic else {})}, x,
+                                  config)
     run_diffs = case_diffs_against_timm(cases)  # in compile mode, the first calls compile (before the timed rounds)
     stats = compare(cases, config.warmup, config.runs, dev)
 
@@ -668,7 +682,8 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     mode_headers, mode_cells = mode_column(config.mode, statuses)
     diff_headers = [f"max abs diff vs timm, fp32 @ {check[0]}x{check[1]} (checked <= {AGREEMENT_TOL:g})",
                     f"max abs diff vs timm, {config.mode} @ {size_txt}", *mode_headers]
-    diffs = {n: [f"{check_diffs[n]:.1e}", f"{run_diffs[n]:.1e}", *mode_cells.get(n, [])] for n in stats}
+    diffs = {n: [f"{check_diffs[n]:.1e}" if n in check_diffs else "not checked", f"{run_diffs[n]:.1e}",
+                 *mode_cells.get(n, [])] for n in stats}
     table = results_table(stats, "timm", diffs, diff_headers)
     dk, peer = stats["densekit"], stats["timm"]
     title = f"Swin-T backbone forward, {size_txt}, batch {config.batch}, {config.mode}, {dev}"
@@ -685,6 +700,15 @@ def swin_t_backbone(config: BenchConfig) -> SuiteResult:
     )
     note = mode_note(config.mode, statuses)
     semantics += f"\n\n{note}" if note else ""
+    dynamic_text = dynamic_ratio = ""
+    if TIMM_DYNAMIC in stats:
+        dynamic_text = (f"\n`{TIMM_DYNAMIC}` is timm built once at its default 224 with `strict_img_size=False` "
+                        "(how one timm Swin runs at any input size): it rebuilds its shift masks on every forward "
+                        "and keeps the 224 build's per-stage windows and shifts (its last stage, 7x7 at 224, never "
+                        "shifts), so at other sizes it is a different model, whose outputs differ by design and are "
+                        "not checked.")
+        dynamic_ratio = (f"; against `{TIMM_DYNAMIC}`: **{dk.median / stats[TIMM_DYNAMIC].median:.2f}x** "
+                         f"({_ms(stats[TIMM_DYNAMIC].median)} ms)")
     markdown = f"""
 What: `densekit.create_backbone('swin_t', out_norm=False)` (the four stage maps, NCHW) against
 `timm.create_model('{_TIMM_SWIN_T}', pretrained=False, num_classes=0, img_size=({h}, {w}))`
@@ -696,7 +720,7 @@ precomputed buffers and its per-stage windows and shifts are the ones densekit u
 densekit caches its folded bias+mask per size. `timm` is timm's default path: its Swin attention
 is matmul-softmax-matmul, because timm calls Swin's fused attention experimental (on only with
 `TIMM_FUSED_ATTN=2`); `timm (fused_attn=True)` is the same model with SDPA switched on.
-`densekit (reference attn)` is `attn_impl='reference'` (per-window matmuls, official Swin).
+`densekit (reference attn)` is `attn_impl='reference'` (per-window matmuls, official Swin).{dynamic_text}
 
 Protocol: one process, `torch.inference_mode()`{autocast}, {config.warmup} warm-up round(s), then
 {config.runs} timed rounds, interleaved (each round runs every implementation once; the order is
@@ -705,7 +729,8 @@ reversed every other round); median and min over the rounds; ratio = median / ti
 
 {table}
 
-densekit / timm (median): **{dk.median / peer.median:.2f}x** ({_ms(dk.median)} ms vs {_ms(peer.median)} ms).
+densekit / timm (median): **{dk.median / peer.median:.2f}x** ({_ms(dk.median)} ms vs {_ms(peer.median)} ms)\
+{dynamic_ratio}.
 
 {semantics}
 """

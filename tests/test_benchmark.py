@@ -67,12 +67,13 @@ def test_swin_t_backbone_suite(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
 
-    names = ["densekit", "densekit (reference attn)", "timm", "timm (fused_attn=True)"]
+    names = ["densekit", "densekit (reference attn)", "timm", "timm (fused_attn=True)", benchmark.TIMM_DYNAMIC]
     assert list(result.stats) == names
     for s in result.stats.values():
         assert len(s.times) == 1 and s.median > 0 and s.peak_mem is None
     assert result.extra["check_size"] == (224, 224)  # 64 is not window-safe for timm; see swin_agreement_size
     assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL
+    assert benchmark.TIMM_DYNAMIC not in result.extra["check_diffs"]  # a different model at 64: timed only
 
     text = doc.read_text()
     assert "<!-- bench:swin_t_backbone.cpu.fp32 -->" in text and "<!-- /bench:swin_t_backbone.cpu.fp32 -->" in text
@@ -81,7 +82,24 @@ def test_swin_t_backbone_suite(tmp_path, capsys):
     for name in names:
         assert f"| {name} |" in text
     assert "| torch threads (get_num_threads) | 1 |" in text
+    assert f"| {benchmark.TIMM_DYNAMIC} |" in text and "| not checked |" in text
+    assert f"; against `{benchmark.TIMM_DYNAMIC}`: **" in text
     assert "updated section" in capsys.readouterr().out
+
+
+def test_timm_swin_built_with_strict_img_size_false_holds_the_same_weights():
+    """The suite's ``timm (strict_img_size=False)`` is timm's 224 build run at other sizes: the same weights as the
+    ``timm`` rows, so at 224 it gives their outputs; at 512 it is added only for the timed size."""
+    ours, peers = benchmark.build_swin_t_models([(224, 224), (512, 512)], "cpu", dynamic_size=(512, 512))
+    dynamic = peers[(512, 512)][benchmark.TIMM_DYNAMIC]
+    assert benchmark.TIMM_DYNAMIC not in peers[(224, 224)]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        same = benchmark.max_abs_diff(dynamic.forward_intermediates(x, intermediates_only=True),
+                                      peers[(224, 224)]["timm"].forward_intermediates(x, intermediates_only=True))
+    assert same == 0
+    _, at_224 = benchmark.build_swin_t_models([(224, 224)], "cpu", dynamic_size=(224, 224))
+    assert benchmark.TIMM_DYNAMIC not in at_224[(224, 224)]  # at 224 it would be the `timm` row itself
 
 
 def test_bad_config():
@@ -235,7 +253,7 @@ def test_swin_t_backbone_suite_channels_last(tmp_path, monkeypatch):
                                     "--mode", "channels_last", "--write", "--docs", str(doc)])
     finally:
         torch.set_num_threads(threads)
-    assert sorted(prepared) == [("densekit", "channels_last")] * 2 + [("timm", "channels_last")] * 2
+    assert sorted(prepared) == [("densekit", "channels_last")] * 2 + [("timm", "channels_last")] * 3
     assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL  # the fp32 check, unchanged
     assert result.extra["run_diffs"]["timm (fused_attn=True)"] < 1e-4  # same model and semantics as timm
     assert "compile" not in result.extra
