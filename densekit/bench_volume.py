@@ -137,8 +137,8 @@ def slice_flops(model: nn.Module) -> int:
 
 def compute_floor(per_slice: int, depth: int, medians: dict[str, float]) -> ComputeFloor:
     """The volume's model FLOPs (``per_slice`` times ``depth``) against this machine's matmul rates, measured now:
-    how long the forwards alone take at the fp32 and bf16 rates of a 2048x2048 ``a @ b`` (a floor no CPU loop
-    gets under), and the rate each case's median reaches. ``medians``: seconds per case."""
+    how long the forwards alone would take if every FLOP ran at the fp32 or bf16 rate of a 2048x2048 ``a @ b``,
+    and the rate each case's median reaches. ``medians``: seconds per case."""
     total = depth * per_slice
     rates = {"fp32": gemm_rate(), "bf16": gemm_rate(dtype=torch.bfloat16)}
     figures = {"gflop_per_slice": per_slice / 1e9, **{f"{k}_gemm_gflops": r / 1e9 for k, r in rates.items()},

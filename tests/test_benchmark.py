@@ -90,7 +90,7 @@ def test_swin_t_backbone_suite(tmp_path, capsys):
 def test_timm_swin_built_with_strict_img_size_false_holds_the_same_weights():
     """The suite's ``timm (strict_img_size=False)`` is timm's 224 build run at other sizes: the same weights as the
     ``timm`` rows, so at 224 it gives their outputs; at 512 it is added only for the timed size."""
-    ours, peers = benchmark.build_swin_t_models([(224, 224), (512, 512)], "cpu", dynamic_size=(512, 512))
+    _, peers = benchmark.build_swin_t_models([(224, 224), (512, 512)], "cpu", dynamic_size=(512, 512))
     dynamic = peers[(512, 512)][benchmark.TIMM_DYNAMIC]
     assert benchmark.TIMM_DYNAMIC not in peers[(224, 224)]
     x = torch.randn(1, 3, 224, 224)
