@@ -40,9 +40,10 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"PatchEmbed expects (B, {self.proj.in_channels}, H, W), got {tuple(x.shape)}")
         p = self.patch_size
         pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
-        if is_tracing() or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch
+        tracing = is_tracing()
+        if tracing or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        if x.device.type != "cpu" or is_tracing():
+        if x.device.type != "cpu" or tracing:
             return self.norm(self.project_conv(x))
         return self.norm(self.project_unfolded(x))
 
