@@ -1,6 +1,6 @@
 """``python -m densekit``: the ``densekit`` command without the installed entry point."""
 import sys
 
-from densekit.commands import main
+from densekit.cli import main
 
 sys.exit(main())

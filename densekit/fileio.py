@@ -3,7 +3,7 @@
 Readers (a resumed run, a viewer, a second process) see the old file or the whole new one, never half of
 one, and a failed write leaves nothing behind. Checkpoints (``densekit.convert``), pictures, volumes,
 CSV tables, proposals and the benchmark docs all go through ``save_atomically``; mmengine's own
-checkpoint writes are made atomic by ``densekit.hooks.SafeCheckpointHook``.
+checkpoint writes are made atomic by ``densekit.engine.hooks.SafeCheckpointHook``.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ MODELS = Registry("model", parent=MMENGINE_MODELS,
 DATASETS = Registry("dataset", parent=MMENGINE_DATASETS, locations=["densekit.datasets"])
 TRANSFORMS = Registry("transform", parent=MMENGINE_TRANSFORMS, locations=["densekit.datasets"])
 METRICS = Registry("metric", parent=MMENGINE_METRICS, locations=["densekit.evaluation"])
-HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["densekit.hooks"])
+HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["densekit.engine.hooks"])
 
 # Empty children of mmengine's other registries, so that building the Runner's loops, optimizers,
 # schedulers, visualizer, ... under ``default_scope='densekit'`` finds mmengine's classes through the

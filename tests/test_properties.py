@@ -15,7 +15,7 @@ from mmengine.registry import init_default_scope
 
 from densekit.apis import inference_model
 from densekit.backbones import SwinTransformer
-from densekit.datasets.transforms import Pad, RandomCrop, RandomFlip, RandomResize, Resize
+from densekit.datasets.seg.transforms import Pad, RandomCrop, RandomFlip, RandomResize, Resize
 from densekit.heads.rpn_head import RPNHead
 from densekit.registry import MODELS
 

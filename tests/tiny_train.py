@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from densekit.datasets.demo import make_demo_dataset
-from densekit.demo import DEMO_CONFIG, load_demo_config
+from densekit.datasets.seg.demo import make_demo_dataset
+from densekit.engine.demo import DEMO_CONFIG, load_demo_config
 
 SIZE = (64, 64)
 NUM_TRAIN = 8

@@ -69,7 +69,7 @@ def block_commands(code: str) -> list[str]:
 # ------------------------------------------------------------------------------------------- stand-in data
 def _write_ade(root: Path, count: int = 4) -> None:
     """ADEChallengeData2016 layout: images/{training,validation}/*.jpg, annotations/*.png (0 = ignore, 1..150)."""
-    from densekit.datasets.demo import make_demo_scene
+    from densekit.datasets.seg.demo import make_demo_scene
 
     for split_id, split in enumerate(("training", "validation")):
         for i in range(count):
@@ -82,7 +82,7 @@ def _write_ade(root: Path, count: int = 4) -> None:
 
 def _write_coco(root: Path, count: int = 4) -> None:
     """COCO 2017 layout from the generated demo detection data: train2017/, val2017/, annotations/."""
-    from densekit.datasets.demo_det import make_demo_det_dataset
+    from densekit.datasets.det.demo import make_demo_det_dataset
 
     demo = root / "demo"
     make_demo_det_dataset(str(demo), num_train=count, num_val=count)

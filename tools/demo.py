@@ -1,6 +1,6 @@
-"""Same as ``densekit demo`` (densekit/commands/demo.py); ``--help`` lists its arguments and examples."""
-from densekit.cli import run_tool
-from densekit.commands.demo import main
+"""Same as ``densekit demo`` (densekit/cli/demo.py); ``--help`` lists its arguments and examples."""
+from densekit.cli.common import run_tool
+from densekit.cli.demo import main
 
 if __name__ == "__main__":
     run_tool(main)

@@ -1,6 +1,6 @@
-"""Same as ``densekit infer`` (densekit/commands/infer.py); ``--help`` lists its arguments and examples."""
-from densekit.cli import run_tool
-from densekit.commands.infer import main
+"""Same as ``densekit infer`` (densekit/cli/infer.py); ``--help`` lists its arguments and examples."""
+from densekit.cli.common import run_tool
+from densekit.cli.infer import main
 
 if __name__ == "__main__":
     run_tool(main)

@@ -3,8 +3,8 @@
 Example:
     python tools/plot.py work_dirs/demo
 """
-from densekit.cli import run_tool
-from densekit.commands.plot import main
+from densekit.cli.common import run_tool
+from densekit.cli.plot import main
 
 if __name__ == "__main__":
     run_tool(main)

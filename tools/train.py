@@ -1,6 +1,6 @@
-"""Same as ``densekit train`` (densekit/commands/train.py); ``--help`` lists its arguments and examples."""
-from densekit.cli import run_tool
-from densekit.commands.train import main
+"""Same as ``densekit train`` (densekit/cli/train.py); ``--help`` lists its arguments and examples."""
+from densekit.cli.common import run_tool
+from densekit.cli.train import main
 
 if __name__ == "__main__":
     run_tool(main)

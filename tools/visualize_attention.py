@@ -4,8 +4,8 @@ Example:
     python tools/visualize_attention.py configs/upernet_swin_t_demo.py ckpt.pth photo.png --stage 2 --block 1 \
         --query 120 64 --out attn.png
 """
-from densekit.cli import run_tool
-from densekit.commands.visualize_attention import main
+from densekit.cli.common import run_tool
+from densekit.cli.visualize_attention import main
 
 if __name__ == "__main__":
     run_tool(main)

@@ -5,15 +5,17 @@ the generated box demo. Medical: Synapse npz/h5 and NIfTI (MSD) volumes as axial
 """
 from __future__ import annotations
 
-from . import det_transforms, medical_transforms, transforms
-from .ade20k import ADE20K_CLASSES, ADE20K_PALETTE, ADE20KDataset
-from .base import SegDataset, default_palette
-from .coco import CocoDataset, DatasetWarning
-from .demo import DEMO_CLASSES, DEMO_PALETTE, DemoDataset, make_demo_dataset, make_demo_scene
-from .demo_det import DEMO_DET_CLASSES, DemoDetDataset, make_demo_det_dataset, make_demo_det_scene
-from .nifti import NiftiSliceDataset
-from .synapse import SynapseDataset
-from .voc import VOC_CLASSES, VOCDataset
+from .det import transforms as det_transforms
+from .det.coco import CocoDataset, DatasetWarning
+from .det.demo import DEMO_DET_CLASSES, DemoDetDataset, make_demo_det_dataset, make_demo_det_scene
+from .det.voc import VOC_CLASSES, VOCDataset
+from .medical import transforms as medical_transforms
+from .medical.nifti import NiftiSliceDataset
+from .medical.synapse import SynapseDataset
+from .seg import transforms
+from .seg.ade20k import ADE20K_CLASSES, ADE20K_PALETTE, ADE20KDataset
+from .seg.base import SegDataset, default_palette
+from .seg.demo import DEMO_CLASSES, DEMO_PALETTE, DemoDataset, make_demo_dataset, make_demo_scene
 
 __all__ = [
     "ADE20K_CLASSES", "ADE20K_PALETTE", "ADE20KDataset", "CocoDataset", "DEMO_CLASSES", "DEMO_DET_CLASSES",

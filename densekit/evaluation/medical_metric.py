@@ -293,7 +293,7 @@ class MedicalMetric(BaseMetric):
         return self.score_volume(pred, gt, case, entry["spacing"])
 
     def _save_prediction(self, case: str, pred: np.ndarray, entry: dict) -> None:
-        from ..medical_inference import save_nifti, spacing_affine
+        from ..inference.volume import save_nifti, spacing_affine
 
         affine = entry.get("affine")
         affine = np.asarray(affine, np.float64) if affine is not None else spacing_affine(entry["spacing"] or (1, 1, 1))

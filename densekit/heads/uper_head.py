@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.conv import ConvModule, check_channels
-from ..layers.window_attention import is_tracing
+from ..layers.tracing import is_tracing
 from ..registry import MODELS
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .window_attention import is_tracing
+from .tracing import is_tracing
 
 ACTIVATIONS = (None, "gelu")
 # Row chunks of CPU inference: the widest intermediate of a chunk (qkv rows, the MLP's hidden rows) is at most

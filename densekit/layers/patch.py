@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fused_linear import linear
-from .window_attention import is_tracing
+from .tracing import is_tracing
 
 
 class PatchEmbed(nn.Module):

@@ -32,6 +32,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from .rel_pos_bias import crop_bias_table, relative_position_index
+from .tracing import is_tracing
 
 # Official Swin, timm, mmsegmentation and HF all use -100 (not -inf) for cross-region pairs;
 # keeping the same constant keeps outputs equal to theirs to the last bit of softmax.
@@ -41,13 +42,6 @@ ATTN_IMPLS = ("sdpa", "reference")
 # instead of C) if projected before. Measured on CPU (Swin-T 512x512) the first wins once the padded share of the
 # rows times C exceeds about 32: stages 3 and 4 (C = 384, 768) but not 1 and 2.
 PROJECT_FIRST = 32
-
-
-def is_tracing() -> bool:
-    """True while torch.export / torch.compile / jit trace records a graph (ONNX export goes through these):
-    sizes may then be symbolic (unhashable, so no cache lookup) and a cached tensor would enter the graph as a
-    constant of one input size."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _shift_region_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
@@ -280,7 +274,7 @@ class WindowAttention(nn.Module):
     def attend(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
         """The fast path's attention output before the output projection (``forward`` minus ``proj``);
         ``(B, H, W, C)`` -> ``(B, H, W, C)``. ``SwinBlock`` fuses the projection with its residual add."""
-        from .fused_linear import linear  # it imports is_tracing from here
+        from .fused_linear import linear
 
         b, h, w, c = x.shape
         order = window_order(h, w, window, shift, b, x.device)
@@ -320,7 +314,7 @@ class WindowAttention(nn.Module):
         Returns:
             ``(B, H, W, C)``, a fresh tensor. ``SwinBlock.forward``'s training path is the reference.
         """
-        from .fused_linear import chunk_rows, linear  # it imports is_tracing from here
+        from .fused_linear import chunk_rows, linear
 
         b, h, w, c = x.shape
         order = window_order(h, w, window, shift, b, x.device)
@@ -380,7 +374,7 @@ class WindowAttention(nn.Module):
 
         Returns:
             weights ``(B*nW, nH, N, N)`` (query rows sum to 1; windows in ``partition_windows`` order) and
-            values ``(B*nW, nH, N, d)``. No dropout: ``densekit.attention_maps`` draws these.
+            values ``(B*nW, nH, N, d)``. No dropout: ``densekit.inference.attention_maps`` draws these.
         """
         b, hp, wp, _ = x.shape
         windows = partition_windows(x, window)  # (B*nW, N, C)

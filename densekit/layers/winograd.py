@@ -28,7 +28,7 @@ import os
 import torch
 from torch import nn
 
-from .window_attention import is_tracing
+from .tracing import is_tracing
 
 ENABLED = os.environ.get("DENSEKIT_WINOGRAD", "1") != "0"  # DENSEKIT_WINOGRAD=0: always nn.Conv2d
 BAND_FLOATS = 1 << 24  # 64 MiB of fp32 transformed tiles at a time

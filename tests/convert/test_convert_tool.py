@@ -13,7 +13,7 @@ import torch
 import densekit
 from densekit.convert import convert_file
 from densekit.convert.timm import timm_to_densekit
-from densekit.convert.verify import verify_conversion
+from densekit.inference.verify import verify_conversion
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,4 @@
+"""``python -m benchmarks``: the peer suites (see ``benchmarks/run.py``)."""
+from .run import main
+
+main()

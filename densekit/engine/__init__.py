@@ -1,0 +1,1 @@
+"""Training machinery on mmengine: configs (loading, checks), runners, hooks, the compile wrapper, the demo."""

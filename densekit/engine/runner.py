@@ -1,0 +1,143 @@
+"""mmengine Runners from densekit configs: safe checkpoint loading, densekit's hooks, CPU distributed runs,
+and the ``train`` / ``test`` entry points of the tools."""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from ..convert import CheckpointError, checkpoint_safe_globals, is_refusal, refused_message
+
+
+@contextlib.contextmanager
+def safe_loading(unsafe_load: bool = False, source: str = "the checkpoint"):
+    """Context for mmengine's own ``torch.load`` (resume, ``load_from``).
+
+    By default every ``torch.load`` inside is ``weights_only`` (whatever the environment says) and
+    accepts, besides tensors, only the metadata types mmengine and densekit write (``HistoryBuffer``,
+    numpy scalars); a refused file raises ``CheckpointError`` naming ``source``, the offending types and
+    the opt-in. ``unsafe_load=True`` (``--unsafe-load``) unpickles fully, for files you trust.
+    """
+    # mmengine calls torch.load without weights_only, so torch's own switch decides; it reads these
+    # variables at each call. Scoped and restored, so nothing outlives the run.
+    force = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"} if unsafe_load else {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"}
+    saved = {name: os.environ.pop(name, None) for name in _TORCH_LOAD_SWITCHES}
+    os.environ.update(force)
+    try:
+        with checkpoint_safe_globals():
+            yield
+    except pickle.UnpicklingError as error:
+        if not is_refusal(error):
+            raise
+        raise CheckpointError(refused_message(source, error)) from error
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+_TORCH_LOAD_SWITCHES = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+
+
+def _checkpoint_source(cfg: Config) -> str:
+    if cfg.get("load_from"):
+        return str(cfg.load_from)
+    return f"the latest checkpoint in {cfg.work_dir}" if cfg.get("resume") else "the checkpoint"
+
+
+def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+                 launcher: str = "none", deterministic: bool = False):
+    """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` (and,
+    without CUDA, ``CpuMemoryHook``) added to ``custom_hooks`` unless the config lists them already.
+
+    ``deterministic`` sets ``randomness.deterministic`` (mmengine then calls
+    ``torch.use_deterministic_algorithms(True)`` and turns cuDNN benchmarking off), so a run repeats bit for bit
+    on the same machine. A distributed ``launcher`` without CUDA uses the gloo backend: nccl needs GPUs.
+    """
+    from mmengine.runner import Runner
+
+    cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
+    cfg.launcher = launcher
+    hooks = list(cfg.get("custom_hooks") or [])
+    names = [str(h.get("type", "")) if isinstance(h, dict) else type(h).__name__ for h in hooks]
+    if not any(name.split(".")[-1] == "NonFiniteLossHook" for name in names):
+        # Every run stops at the first NaN/Inf loss before a checkpoint of the broken state is written.
+        hooks.append(dict(type="NonFiniteLossHook"))
+    if not torch.cuda.is_available() and not any(name.split(".")[-1] == "CpuMemoryHook" for name in names):
+        hooks.append(dict(type="CpuMemoryHook"))  # mmengine logs memory on CUDA only
+    cfg.custom_hooks = hooks
+    if resume:
+        cfg.resume = True
+    if deterministic:
+        cfg.randomness = dict(cfg.get("randomness") or {}, deterministic=True)
+        cfg.randomness.setdefault("seed", 0)
+        cfg.env_cfg = dict(cfg.get("env_cfg") or {}, cudnn_benchmark=False)
+        # cuBLAS is deterministic only with a fixed workspace (torch raises otherwise on CUDA >= 10.2).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if launcher != "none" and not torch.cuda.is_available():
+        _init_cpu_distributed(cfg, launcher)
+    if amp:
+        if not torch.cuda.is_available():
+            raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    return Runner.from_cfg(cfg)
+
+
+def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
+    """Start the gloo process group of a CPU-only distributed run before the Runner does.
+
+    mmengine's launchers call ``torch.cuda.set_device`` before ``init_process_group`` whatever the backend,
+    which fails without a GPU; the Runner skips its own initialisation when a group already exists. torchrun
+    (``--launcher pytorch``) sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``, which ``env://``
+    reads. mmengine's DDP wrapper is also given ``device_ids=[LOCAL_RANK]``, which DDP rejects for a CPU
+    module: the wrapper config gets ``device_ids=None``. The Slurm and MPI launchers stay GPU-only: on CPU
+    nodes run torchrun under srun instead.
+    """
+    import torch.distributed as dist
+
+    env_cfg = cfg.setdefault("env_cfg", {})
+    env_cfg["dist_cfg"] = dict(env_cfg.get("dist_cfg") or {}, backend="gloo")  # nccl needs GPUs
+    if launcher != "pytorch":
+        raise SystemExit(f"--launcher {launcher} needs CUDA GPUs (mmengine selects one per process); on CPU "
+                         "nodes launch with torchrun / tools/dist_train.sh (--launcher pytorch)")
+    wrapper = dict(cfg.get("model_wrapper_cfg") or dict(
+        type="MMDistributedDataParallel", broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False)))
+    if wrapper.get("type", "MMDistributedDataParallel") == "MMDistributedDataParallel":
+        wrapper.setdefault("device_ids", None)
+    cfg.model_wrapper_cfg = wrapper
+    if not dist.is_initialized():
+        extra = {k: v for k, v in env_cfg["dist_cfg"].items() if k not in ("backend", "init_backend")}
+        dist.init_process_group(backend="gloo", **extra)
+
+
+def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+          launcher: str = "none", unsafe_load: bool = False, deterministic: bool = False):
+    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics).
+
+    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``);
+    ``deterministic`` as in ``build_runner``.
+    """
+    runner = build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
+    with safe_loading(unsafe_load, _checkpoint_source(cfg)):
+        runner.train()
+    return runner
+
+
+def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = False,
+         launcher: str = "none", unsafe_load: bool = False) -> dict:
+    """Evaluate ``checkpoint`` on the config's test set; ``tta`` turns on flip + multi-scale inference.
+    ``checkpoint`` loads ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``)."""
+    cfg.load_from = checkpoint
+    if tta:
+        cfg.model.test_cfg = dict(cfg.model.get("test_cfg", {}),
+                                  tta=dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True))
+    runner = build_runner(cfg, work_dir, launcher=launcher)
+    with safe_loading(unsafe_load, checkpoint):
+        return runner.test()

@@ -1,0 +1,1 @@
+"""Inference: models from configs and checkpoints, images and volumes, ONNX export, attention maps."""
