@@ -1,6 +1,6 @@
 # Two commands for a fresh machine (Python >= 3.10 with pip):
 #   make demo   virtual environment + densekit + the demo job
-#   make test   test dependencies + lint + the test suite
+#   make test   test dependencies + lint + import contracts + the test suite
 # Both are safe to run again: pip only reinstalls what changed.
 
 PYTHON ?= python3
@@ -31,7 +31,8 @@ demo: install
 	$(BIN)/python tools/demo.py
 
 test: install-test
-	$(BIN)/ruff check densekit tools tests
+	$(BIN)/ruff check densekit tools tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: install-test

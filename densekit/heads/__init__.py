@@ -1,4 +1,5 @@
-"""Heads: map feature lists to logits (DESIGN.md §3). Importing registers them in ``MODELS``."""
+"""Heads: map feature lists to logits (DESIGN.md §3), with the RPN head's anchors, box coder and assigner.
+Importing registers them in ``MODELS``."""
 from __future__ import annotations
 
 from .fcn_head import FCNHead

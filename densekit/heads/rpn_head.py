@@ -38,10 +38,10 @@ from mmengine.structures import InstanceData
 from torch import nn
 from torchvision.ops import batched_nms
 
-from ..models.anchors import AnchorGenerator, anchor_inside_flags
-from ..models.assigner import MaxIoUAssigner, RandomSampler
-from ..models.box_coder import DeltaXYWHBBoxCoder
 from ..registry import MODELS
+from .anchors import AnchorGenerator, anchor_inside_flags
+from .assigner import MaxIoUAssigner, RandomSampler
+from .box_coder import DeltaXYWHBBoxCoder
 
 DEFAULT_TRAIN_CFG = dict(
     assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3, ignore_iof_thr=-1),

@@ -34,7 +34,9 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
 from densekit.heads import RPNHead
-from densekit.models import AnchorGenerator, DeltaXYWHBBoxCoder, MaxIoUAssigner, RandomSampler
+from densekit.heads.anchors import AnchorGenerator
+from densekit.heads.assigner import MaxIoUAssigner, RandomSampler
+from densekit.heads.box_coder import DeltaXYWHBBoxCoder
 from densekit.registry import MODELS
 
 IMAGE = (800, 1216)
@@ -127,7 +129,7 @@ def test_random_sampler_keeps_at_most_half_positive():
     torch.manual_seed(0)
     gt_inds = torch.cat([torch.ones(300, dtype=torch.long), torch.zeros(1000, dtype=torch.long),
                          -torch.ones(50, dtype=torch.long)])
-    from densekit.models.assigner import AssignResult
+    from densekit.heads.assigner import AssignResult
 
     pos, neg = RandomSampler().sample(AssignResult(gt_inds, torch.zeros(len(gt_inds)), 1))
     assert len(pos) == 128 and len(neg) == 128 and (gt_inds[pos] > 0).all() and (gt_inds[neg] == 0).all()
