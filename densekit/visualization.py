@@ -13,7 +13,11 @@ from .fileio import save_atomically
 
 
 def default_palette(num_classes: int, seed: int = 42) -> list[list[int]]:
-    """Deterministic RGB colours for classes without a palette."""
+    """RGB colours ``(num_classes, 3)`` for classes without a palette: mmseg's rule for datasets that define
+    none, ``RandomState(42).randint(0, 255, (K, 3))``, so densekit's and mmseg's pictures agree.
+
+    A private generator, so the global numpy random state (seeded by mmengine) is left untouched.
+    """
     rng = np.random.RandomState(seed)
     return rng.randint(0, 255, size=(num_classes, 3)).tolist()
 
