@@ -1,7 +1,8 @@
-"""Pictures people look at: colour overlays of label maps, proposals drawn on images, comparison panels and
-training curves, written atomically."""
+"""Pictures people look at: colour overlays of label maps, proposals drawn on images, comparison panels,
+training curves and montages of volume slices, written atomically."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,11 @@ from .fileio import save_atomically
 
 
 def default_palette(num_classes: int, seed: int = 42) -> list[list[int]]:
-    """Deterministic RGB colours for classes without a palette."""
+    """RGB colours ``(num_classes, 3)`` for classes without a palette: mmseg's rule for datasets that define
+    none, ``RandomState(42).randint(0, 255, (K, 3))``, so densekit's and mmseg's pictures agree.
+
+    A private generator, so the global numpy random state (seeded by mmengine) is left untouched.
+    """
     rng = np.random.RandomState(seed)
     return rng.randint(0, 255, size=(num_classes, 3)).tolist()
 
@@ -55,13 +60,14 @@ def draw_proposals(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, top
     return canvas
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """``cv2.imwrite`` through a temporary file and a rename, so a crash never leaves half a PNG."""
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """``cv2.imwrite`` of a BGR ``image`` ``(H, W, 3)`` (format from ``path``'s extension) through a temporary
+    file and a rename, so a crash never leaves half a PNG. Returns ``path``."""
     def write(tmp: str) -> None:
         if not cv2.imwrite(tmp, image):
             raise OSError(f"could not write image {path}")
 
-    save_atomically(path, write)
+    return save_atomically(path, write)
 
 
 # ------------------------------------------------------------------------------- panels and curves
@@ -293,3 +299,60 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cma
         cv2.drawMarker(blended, tuple(int(v) for v in marker), (255, 255, 255), cv2.MARKER_CROSS,
                        max(7, min(image.shape[:2]) // 12), 2)
     return blended
+
+
+# ------------------------------------------------------------------------------- volume montages
+def montage_slices(labels: np.ndarray | None, depth: int, n: int) -> np.ndarray:
+    """Up to ``n`` slice indices evenly spread over the slices holding labels (all slices if none do)."""
+    candidates = np.arange(depth)
+    if labels is not None:
+        labelled = np.flatnonzero(np.asarray(labels).reshape(depth, -1).any(1))
+        if labelled.size:
+            candidates = labelled
+    picks = np.linspace(0, len(candidates) - 1, min(n, len(candidates))).round().astype(int)
+    return candidates[np.unique(picks)]
+
+
+def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Sequence[int]], n: int = 16,
+            alpha: float = 0.5, cols: int | None = None, tile_size: int | None = None,
+            class_names: Sequence[str] = ()) -> np.ndarray:
+    """An RGB uint8 grid ``(rows * h, cols * w, 3)`` of ``n`` slices with the labels overlaid.
+
+    Slices are picked by ``montage_slices``; intensities are stretched between the volume's 0.5th and 99.5th
+    percentiles; labels ``> 0`` are blended with ``palette[label]`` (RGB) at ``alpha``; each tile is marked
+    with its slice index. ``tile_size`` scales tiles to that longer side. Empty cells of the grid are black.
+    ``class_names`` (index 0 = background, not drawn) adds a legend of the classes 1.. under the grid.
+    """
+    volume = np.asarray(volume, np.float32)
+    if volume.ndim != 3 or (labels is not None and np.shape(labels) != volume.shape):
+        raise ValueError(f"volume must be (D, H, W) and labels the same shape, got {volume.shape} and "
+                         f"{None if labels is None else np.shape(labels)}")
+    index = montage_slices(labels, volume.shape[0], n)
+    lo, hi = np.percentile(volume[index], (0.5, 99.5))
+    colours = np.asarray(palette, np.float32)
+    tiles = []
+    for k in index:
+        gray = np.clip((volume[k] - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+        tile = np.repeat(gray[..., None], 3, axis=2)
+        if labels is not None:
+            lab = np.asarray(labels[k]).astype(np.int64)
+            mask = lab > 0
+            tile[mask] = (1 - alpha) * tile[mask] + alpha * colours[np.clip(lab[mask], 0, len(colours) - 1)]
+        tile = tile.astype(np.uint8)
+        if tile_size is not None:
+            scale = tile_size / max(tile.shape[:2])
+            size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
+            tile = cv2.resize(tile, size, interpolation=cv2.INTER_NEAREST)
+        cv2.putText(tile, str(int(k)), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    cols = cols or math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
+    th, tw = tiles[0].shape[:2]
+    grid = np.zeros((rows * th, cols * tw, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        grid[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
+    if len(class_names) > 1:
+        strip = legend(list(class_names)[1:], [list(c) for c in palette][1:], grid.shape[1])[..., ::-1]  # BGR->RGB
+        grid = np.concatenate([grid, strip], axis=0)
+    return grid

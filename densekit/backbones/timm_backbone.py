@@ -72,14 +72,7 @@ class TimmBackbone(Backbone):
         out_norm: bool = False,
     ) -> None:
         super().__init__()
-        if not is_timm_model(model_name):
-            raise ValueError(f"{model_name!r} is not a timm model")
-        out_indices = tuple(out_indices)
-        ascending = list(out_indices) == sorted(set(out_indices))
-        if not out_indices or not ascending or not set(out_indices) <= {0, 1, 2, 3}:
-            raise ValueError(f"out_indices must be ascending, unique and within 0..3, got {out_indices}")
-        if not -1 <= frozen_stages <= len(LEVEL_STRIDES):
-            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        out_indices = _check_arguments(model_name, out_indices, frozen_stages)
         pretrained = local_checkpoint(pretrained, model_name)  # never timm's pretrained=True (a hub download)
         if pretrained is not None and not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
@@ -88,26 +81,11 @@ class TimmBackbone(Backbone):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
 
-        kwargs = dict(in_chans=in_chans, drop_path_rate=drop_path_rate)
-        for module, extra in _ANY_SIZE_KWARGS.items():
-            if timm.models.is_model_in_modules(model_name, [module]):
-                kwargs.update(extra)
-        model = _create(model_name, pretrained, num_classes=0, **kwargs)
-        levels = _level_indices(model, model_name)
-        info = [model.feature_info[i] for i in levels]
-        take = [levels[i] for i in out_indices]
+        model, info, self._take = _build_trunk(model_name, pretrained, out_indices, in_chans, drop_path_rate)
+        self.model = model
+        self.uses_intermediates = hasattr(model, "forward_intermediates")  # timm's features_only wrappers lack it
         self.out_channels = [info[i]["num_chs"] for i in out_indices]
         self.strides = [LEVEL_STRIDES[i] for i in out_indices]
-
-        self.uses_intermediates = hasattr(model, "forward_intermediates")
-        if self.uses_intermediates:
-            if hasattr(model, "prune_intermediate_layers"):
-                model.prune_intermediate_layers(take, prune_norm=True, prune_head=True)
-            self._take = take
-        else:
-            # Older timm families lack forward_intermediates: rebuild as timm's features_only wrapper.
-            model = _create(model_name, pretrained, features_only=True, out_indices=take, **kwargs)
-        self.model = model
         self.out_norms = nn.ModuleDict(
             {str(i): LayerNorm2d(c, eps=1e-6) for i, c in zip(out_indices, self.out_channels)}
         ) if out_norm else None
@@ -115,15 +93,7 @@ class TimmBackbone(Backbone):
             model.set_grad_checkpointing(True)
 
         stage_names = [_resolve_name(model, entry["module"]) for entry in info]
-        first_stage = stage_names[0].split(".")[0]
-        stem_names = []
-        for name, _ in model.named_children():
-            if name == first_stage:
-                break
-            stem_names.append(name)
-        # Stages pruned above no longer exist and have nothing left to freeze.
-        frozen = stem_names + [n for n in stage_names[:frozen_stages] if n] if frozen_stages >= 0 else []
-        self._frozen_names = frozen
+        self._frozen_names = _frozen_names(model, stage_names, frozen_stages)
         self._pad_to = _pad_multiple(model, stage_names[: out_indices[-1] + 1])
         self.freeze()
 
@@ -160,6 +130,56 @@ class TimmBackbone(Backbone):
         if self.out_norms is not None:
             feats = [self.out_norms[str(i)](f) for i, f in zip(self.out_indices, feats)]
         return feats
+
+
+def _check_arguments(model_name: str, out_indices: tuple[int, ...], frozen_stages: int) -> tuple[int, ...]:
+    """``out_indices`` as a tuple, after checking the model exists and both arguments are in range."""
+    if not is_timm_model(model_name):
+        raise ValueError(f"{model_name!r} is not a timm model")
+    out_indices = tuple(out_indices)
+    ascending = list(out_indices) == sorted(set(out_indices))
+    if not out_indices or not ascending or not set(out_indices) <= {0, 1, 2, 3}:
+        raise ValueError(f"out_indices must be ascending, unique and within 0..3, got {out_indices}")
+    if not -1 <= frozen_stages <= len(LEVEL_STRIDES):
+        raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+    return out_indices
+
+
+def _build_trunk(model_name: str, pretrained: str | None, out_indices: tuple[int, ...], in_chans: int,
+                 drop_path_rate: float) -> tuple[nn.Module, list[dict], list[int]]:
+    """The timm model for ``out_indices``, as ``(model, info, take)``.
+
+    ``info`` holds the ``feature_info`` entries of the stride 4, 8, 16 and 32 levels, ``take`` the
+    ``feature_info`` indices of the wanted ones. A model with ``forward_intermediates`` is pruned after the last
+    wanted level; older families lack it and are rebuilt as timm's ``features_only`` wrapper.
+    """
+    kwargs = dict(in_chans=in_chans, drop_path_rate=drop_path_rate)
+    for module, extra in _ANY_SIZE_KWARGS.items():
+        if timm.models.is_model_in_modules(model_name, [module]):
+            kwargs.update(extra)
+    model = _create(model_name, pretrained, num_classes=0, **kwargs)
+    levels = _level_indices(model, model_name)
+    info = [model.feature_info[i] for i in levels]
+    take = [levels[i] for i in out_indices]
+    if not hasattr(model, "forward_intermediates"):
+        return _create(model_name, pretrained, features_only=True, out_indices=take, **kwargs), info, take
+    if hasattr(model, "prune_intermediate_layers"):
+        model.prune_intermediate_layers(take, prune_norm=True, prune_head=True)
+    return model, info, take
+
+
+def _frozen_names(model: nn.Module, stage_names: list[str], frozen_stages: int) -> list[str]:
+    """Names of the submodules ``frozen_stages`` freezes: the stem (the children before the first stage) and the
+    first ``frozen_stages`` stages; none for -1. Stages pruned away (``''``) have nothing left to freeze."""
+    if frozen_stages < 0:
+        return []
+    first_stage = stage_names[0].split(".")[0]
+    stem_names = []
+    for name, _ in model.named_children():
+        if name == first_stage:
+            break
+        stem_names.append(name)
+    return stem_names + [n for n in stage_names[:frozen_stages] if n]
 
 
 def _create(model_name: str, pretrained: str | None, **kwargs) -> nn.Module:

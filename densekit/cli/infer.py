@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from densekit.cli.common import add_unsafe_load_argument, run_tool
+from densekit.datasets.medical.io import is_volume_file
 from densekit.fileio import save_atomically
 from densekit.inference.api import inference_model, init_model
-from densekit.inference.volume import is_volume_file, segment_volume_files
+from densekit.inference.volume import segment_volume_files
 from densekit.visualization import default_palette, draw_proposals, labelled_overlay, write_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from unittest.mock import patch
@@ -16,6 +15,7 @@ from mmengine.dist import is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
 
+from ..fileio import atomic_open, save_atomically
 from ..layers.fused_linear import clear_packed_weights
 from ..registry import HOOKS
 from ..visualization import default_palette, draw_proposals, labelled_overlay, write_image
@@ -192,41 +192,26 @@ class SafeCheckpointHook(CheckpointHook):
         # that renames on close. tests/engine/test_crash_safety.py fails if a new mmengine writes around them.
         runner.save_checkpoint = partial(_save_atomically, save)
         try:
-            with patch("mmengine.hooks.checkpoint_hook.open", _atomic_open, create=True):
+            with patch("mmengine.hooks.checkpoint_hook.open", _open_for_checkpoint_hook, create=True):
                 super()._save_checkpoint_with_step(runner, step, meta)
         finally:
             del runner.save_checkpoint
 
 
 def _save_atomically(save, out_dir: str, filename: str, *args, **kwargs) -> None:
-    """``runner.save_checkpoint(out_dir, filename, ...)`` into ``.filename.<pid>.tmp``, then renamed.
-    ``Runner.save_checkpoint`` writes on the main process only, so only there is a file to rename."""
-    tmp = f".{filename}.{os.getpid()}.tmp"
-    try:
-        save(out_dir, tmp, *args, **kwargs)
-        if is_main_process():
-            with open(os.path.join(out_dir, tmp), "rb") as f:
-                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-            os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
-    finally:
-        if os.path.exists(os.path.join(out_dir, tmp)):
-            os.remove(os.path.join(out_dir, tmp))
-
-
-@contextmanager
-def _atomic_open(path: str, mode: str = "r", *args, **kwargs):
-    """``open`` for mmengine's ``last_checkpoint`` write: writes go to a temporary file renamed on close."""
-    if "w" not in mode:
-        with open(path, mode, *args, **kwargs) as f:
-            yield f
+    """``runner.save_checkpoint(out_dir, filename, ...)`` through ``save_atomically``: written under a hidden
+    temporary name, fsynced, renamed. ``Runner.save_checkpoint`` writes on the main process only, so only there
+    is a file to rename; the other ranks call it as mmengine would."""
+    if not is_main_process():
+        save(out_dir, filename, *args, **kwargs)
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, mode, *args, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_atomically(os.path.join(out_dir, filename),
+                    lambda tmp: save(out_dir, os.path.basename(tmp), *args, **kwargs), fsync=True)
+
+
+def _open_for_checkpoint_hook(path: str, mode: str = "r", *args, **kwargs):
+    """The ``open`` mmengine's checkpoint hook sees: writes (``last_checkpoint``) go through ``atomic_open``,
+    anything else is the built-in ``open``."""
+    if "w" not in mode:
+        return open(path, mode, *args, **kwargs)
+    return atomic_open(path, mode, *args, **kwargs)

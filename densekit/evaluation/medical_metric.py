@@ -44,6 +44,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from ..datasets.medical.io import save_nifti, spacing_affine
 from ..fileio import save_atomically
 from ..registry import METRICS
 
@@ -293,8 +294,6 @@ class MedicalMetric(BaseMetric):
         return self.score_volume(pred, gt, case, entry["spacing"])
 
     def _save_prediction(self, case: str, pred: np.ndarray, entry: dict) -> None:
-        from ..inference.volume import save_nifti, spacing_affine
-
         affine = entry.get("affine")
         affine = np.asarray(affine, np.float64) if affine is not None else spacing_affine(entry["spacing"] or (1, 1, 1))
         path = save_nifti(pred, affine, osp.join(self.output_dir, f"{case}_pred.nii.gz"))

@@ -10,7 +10,8 @@ import pytest
 
 from densekit.datasets import NiftiSliceDataset, SegDataset
 from densekit.datasets.bad_samples import BadSampleError, DatasetWarning, UnreadableFileError
-from densekit.datasets.seg.transforms import LoadAnnotations, LoadImageFromFile
+from densekit.datasets.loading import LoadImageFromFile
+from densekit.datasets.seg.transforms import LoadAnnotations
 
 CLASSES = ["a", "b", "c"]
 PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]

@@ -26,7 +26,7 @@ from mmengine.dataset import BaseDataset
 
 from ...registry import DATASETS
 from ..bad_samples import DatasetWarning
-from ..seg.base import _build_pipeline
+from ..loading import build_pipeline
 
 
 def warn_skipped(dataset: str, what: str, examples: list[str], limit: int = 3) -> None:
@@ -65,7 +65,7 @@ class CocoDataset(BaseDataset):
         self.check_files = check_files
         super().__init__(ann_file=ann_file, metainfo=meta, data_root=data_root,
                          data_prefix=dict(img=(data_prefix or {}).get("img", "")), indices=indices,
-                         serialize_data=serialize_data, pipeline=_build_pipeline(pipeline), test_mode=test_mode,
+                         serialize_data=serialize_data, pipeline=build_pipeline(pipeline), test_mode=test_mode,
                          lazy_init=lazy_init, max_refetch=max_refetch)
 
     def _load_coco(self):

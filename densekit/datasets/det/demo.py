@@ -1,6 +1,6 @@
 """A small generated detection dataset in COCO format, for demos, smoke tests and CI.
 
-The scenes are the segmentation demo's (``densekit.datasets.seg.demo.make_demo_scene``: textured background,
+The scenes are the segmentation demo's (``densekit.datasets.scenes.paint_scene``: textured background,
 3-6 overlapping discs, rectangles, triangles, striped ellipses and checkered polygons, noise, JPEG):
 scene ``i`` of a split is the same image in both datasets. Each object's box is derived from its
 *visible* mask (the pixels no later object covers): ``[x_min, y_min, x_max + 1, y_max + 1]`` in COCO's
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from ...registry import DATASETS
-from ..seg.demo import DEMO_CLASSES, generate_once, paint_scene
+from ..scenes import DEMO_CLASSES, generate_once, paint_scene
 from .coco import CocoDataset
 
 DEMO_DET_CLASSES = DEMO_CLASSES[1:]  # disc, rectangle, triangle, stripes, checker (category ids 1..5)

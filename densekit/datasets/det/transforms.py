@@ -26,7 +26,7 @@ from mmengine.structures import InstanceData
 
 from ...registry import TRANSFORMS
 from ...structures import DetDataSample
-from ..seg.transforms import LoadImageFromFile, image_to_tensor, rescale_size, set_packed_metainfo
+from ..loading import LoadImageFromFile, image_to_tensor, rescale_size, set_packed_metainfo
 
 __all__ = ["DetPad", "DetRandomFlip", "DetResize", "LoadDetAnnotations", "LoadImageFromFile", "PackDetInputs"]
 

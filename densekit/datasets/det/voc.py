@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from mmengine.dataset import BaseDataset
 
 from ...registry import DATASETS
-from ..seg.base import _build_pipeline
+from ..loading import build_pipeline
 from .coco import warn_skipped
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -54,7 +54,7 @@ class VOCDataset(BaseDataset):
         meta = dict(classes=tuple(classes)) if classes is not None else {}
         super().__init__(ann_file=split or "", metainfo=meta, data_root=data_root,
                          data_prefix=dict(ann=ann_dir, img=img_dir), indices=indices, serialize_data=serialize_data,
-                         pipeline=_build_pipeline(pipeline), test_mode=test_mode, lazy_init=lazy_init,
+                         pipeline=build_pipeline(pipeline), test_mode=test_mode, lazy_init=lazy_init,
                          max_refetch=max_refetch)
 
     def _names(self) -> list[str]:

@@ -14,9 +14,9 @@ suffix is dropped to find the label). Any pair of files works too: ``images=[...
 ``(X, Y, Z)`` in voxel order, no reorientation). Axial slices are taken along the *last* axis: slice ``k``
 is ``array[:, :, k]``, an ``(X, Y)`` image (rows = first voxel axis). densekit's volume layout is therefore
 ``(D, H, W) = (Z, X, Y)`` = ``array.transpose(2, 0, 1)``, with spacing ``(D, H, W) = (zooms[2], zooms[0],
-zooms[1])`` in mm; ``densekit.inference.volume.save_nifti`` transposes back, so predictions line up
-with the source affine. The last voxel axis is axial for the usual CT/MR storage (MSD, BTCV); a dataset
-whose affine says otherwise gets a warning.
+zooms[1])`` in mm (``densekit.datasets.medical.io.load_nifti``); ``io.save_nifti`` transposes back, so
+predictions line up with the source affine. The last voxel axis is axial for the usual CT/MR storage (MSD,
+BTCV); a dataset whose affine says otherwise gets a warning.
 
 Intensities are windowed per volume on load (``window_intensity``): CT by default (HU clipped to
 [-125, 275], then scaled to [0, 1], the TransUNet/Swin-Unet preprocessing), ``window='mr'`` for the volume's
@@ -37,52 +37,9 @@ import numpy as np
 
 from ...registry import DATASETS
 from ..bad_samples import BadSampleError
-from .synapse import MedicalSliceDataset
+from .base import MedicalSliceDataset
+from .io import NIFTI_SUFFIXES, case_name, check_nifti_shape, load_nifti, nifti_spacing_dhw
 from .transforms import check_label_range, resolve_window, window_intensity
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def case_name(path: str) -> str:
-    """File name without ``.nii.gz`` / ``.nii`` / ``.npy.h5`` (``la_003`` for ``imagesTr/la_003.nii.gz``)."""
-    name = osp.basename(path)
-    for suffix in (*NIFTI_SUFFIXES, ".npy.h5", ".h5"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def nifti_spacing_dhw(zooms: Sequence[float]) -> tuple[float, float, float]:
-    """Header zooms ``(X, Y, Z)`` -> spacing in densekit's ``(D, H, W) = (Z, X, Y)`` order."""
-    return float(zooms[2]), float(zooms[0]), float(zooms[1])
-
-
-def load_nifti(path: str, channel: int | None = None, dtype: type | None = np.float32
-               ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """``(volume (D, H, W), spacing (D, H, W) mm, affine (4, 4))`` of a NIfTI file (see the axis convention).
-
-    ``dtype`` None keeps the stored type (after nibabel's scaling). A 4-D image (several modalities/channels
-    on the last axis) needs ``channel`` to pick one.
-    """
-    img = nib.load(path)
-    check_nifti_shape(path, img.shape, channel)
-    array = np.asanyarray(img.dataobj)
-    if array.ndim == 4:
-        array = array[..., channel]
-    volume = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=dtype)
-    return volume, nifti_spacing_dhw(img.header.get_zooms()[:3]), np.asarray(img.affine, np.float64)
-
-
-def check_nifti_shape(path: str, shape: Sequence[int], channel: int | None) -> None:
-    """``BadSampleError`` naming ``path`` unless ``shape`` is a 3-D volume, or 4-D with a valid ``channel``."""
-    if len(shape) == 4:
-        if channel is None:
-            raise BadSampleError(f"{path} is 4-D {tuple(shape)} (several channels); pass channel=i to pick one")
-        if not 0 <= channel < shape[3]:
-            raise BadSampleError(f"{path} has {shape[3]} channels {tuple(shape)}; channel={channel} is out of range")
-    elif len(shape) != 3:
-        raise BadSampleError(f"{path}: expected a 3-D volume (X, Y, Z), or 4-D with channels last, "
-                             f"got {len(shape)}-D shape {tuple(shape)}")
 
 
 def read_dataset_json(path: str) -> tuple[list[str] | None, list[tuple[str, str | None]]]:

@@ -33,7 +33,7 @@ from scipy import ndimage
 from ...registry import TRANSFORMS
 from ...structures import SegDataSample
 from ..bad_samples import BadSampleError
-from ..seg.transforms import set_packed_metainfo
+from ..loading import set_packed_metainfo
 
 # TransUNet / Swin-Unet preprocessing of abdominal CT: clip HU to [-125, 275], then scale to [0, 1].
 CT_WINDOW = (-125.0, 275.0)

@@ -20,25 +20,12 @@ import os
 import os.path as osp
 from collections.abc import Callable, Sequence
 
-import numpy as np
 from mmengine.dataset import BaseDataset
 
-from ...registry import DATASETS, TRANSFORMS
+from ...registry import DATASETS
+from ...visualization import default_palette
 from ..bad_samples import BadSampleMixin
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """mmseg's palette for datasets that define none: ``RandomState(42).randint(0, 255, (K, 3))``.
-
-    A private generator, so the global numpy random state (seeded by mmengine) is left untouched.
-    """
-    return np.random.RandomState(42).randint(0, 255, size=(num_classes, 3)).tolist()
-
-
-def _build_pipeline(pipeline: Sequence[dict | Callable]) -> list[Callable]:
-    """Build transform configs with densekit's registry, so ``type='RandomCrop'`` resolves to densekit's
-    transform without a ``default_scope``; mmengine's own transforms are still found (parent registry)."""
-    return [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in pipeline]
+from ..loading import build_pipeline
 
 
 def _list_files(folder: str, suffix: str) -> list[str]:
@@ -124,7 +111,7 @@ class SegDataset(BadSampleMixin, BaseDataset):
             prefix["seg_map_path"] = ann_dir
         super().__init__(ann_file=split or ann_file or "", metainfo=meta, data_root=data_root,
                          data_prefix=prefix, indices=indices, serialize_data=serialize_data,
-                         pipeline=_build_pipeline(pipeline), test_mode=test_mode, lazy_init=True,
+                         pipeline=build_pipeline(pipeline), test_mode=test_mode, lazy_init=True,
                          max_refetch=max_refetch)
         self._check_metainfo()  # before listing files, so a config error is reported first
         if not lazy_init:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from densekit.datasets.medical.nifti import NiftiSliceDataset, load_nifti, read_dataset_json
+from densekit.datasets.medical.io import load_nifti
+from densekit.datasets.medical.nifti import NiftiSliceDataset, read_dataset_json
 from densekit.datasets.medical.transforms import window_intensity
 from densekit.registry import DATASETS
 

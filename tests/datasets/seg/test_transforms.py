@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from densekit.datasets.loading import LoadImageFromFile
 from densekit.datasets.seg.transforms import (
     LoadAnnotations,
-    LoadImageFromFile,
     PackSegInputs,
     Pad,
     PhotoMetricDistortion,
