@@ -35,6 +35,13 @@ for _name in ("DATA_SAMPLERS", "EVALUATOR", "FUNCTIONS", "INFERENCERS", "LOG_PRO
     _parent = getattr(mmengine_registry, _name)
     _MMENGINE_ONLY[_name] = Registry(_parent.name, parent=_parent, scope="densekit", locations=_parent._locations)
 
+
+def mmengine_child(name: str) -> Registry:
+    """densekit's child of mmengine's registry ``name`` (``"LOOPS"``, ``"OPTIMIZERS"``, ...): what the Runner
+    looks types up in under ``default_scope='densekit'``, so it also finds what densekit registers there."""
+    return _MMENGINE_ONLY[name]
+
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 

@@ -13,7 +13,7 @@ __all__ = ["ConfigError", "load_config"]
 def load_config(config: str | Config, cfg_options: dict | None = None) -> Config:
     """Read a config file (or take a Config) and merge ``--cfg-options``; a clear error for a missing file.
 
-    Misspelt keys (``model.decode_haed``, ``train_dataloader.batch_sise``, ``param_schedular``) raise
+    Misspelt keys anywhere (``model.decode_haed``, ``train_cfg.max_iter``, ``trian_cfg``) raise
     ``densekit.engine.config_check.ConfigError`` naming the key and the nearest valid one.
     """
     if isinstance(config, Config):
