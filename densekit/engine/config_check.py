@@ -38,8 +38,9 @@ TOP_LEVEL_KEYS = frozenset({
 # build_dataloader pops these before calling DataLoader(**rest).
 _DATALOADER_EXTRA = frozenset({"dataset", "sampler", "batch_sampler", "collate_fn", "worker_init_fn"})
 
-# Keys a parent takes out of a child's dict before building it (SwinUnet pops decode_head.loss_decode).
-_PARENT_KEYS = frozenset({"loss_decode"})
+# Keys a parent takes out of a child's dict before building it (the segmentors pop a head's loss_decode and
+# ignore_index, mmseg's head keys, for the head's loss stack).
+_PARENT_KEYS = frozenset({"loss_decode", "ignore_index"})
 
 
 def _suggest(key: str, valid: Iterable[str]) -> str:

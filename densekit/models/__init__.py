@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from .anchors import AnchorGenerator
 from .assigner import MaxIoUAssigner, RandomSampler
+from .base_segmentor import BaseSegmentor
 from .box_coder import DeltaXYWHBBoxCoder
 from .det_preprocessor import DetDataPreProcessor
-from .losses import SegLoss, soft_dice_loss
+from .losses import (
+    CrossEntropyLoss,
+    DecodeLoss,
+    DiceLoss,
+    FocalLoss,
+    LovaszLoss,
+    SwinUnetDiceLoss,
+    build_decode_loss,
+)
 from .preprocessor import SegDataPreProcessor
 from .rpn import RPN
 from .segmentor import EncoderDecoder
 from .swin_unet import SwinUnet
 
 __all__ = [
-    "RPN", "AnchorGenerator", "DeltaXYWHBBoxCoder", "DetDataPreProcessor", "EncoderDecoder", "MaxIoUAssigner",
-    "RandomSampler", "SegDataPreProcessor", "SegLoss", "SwinUnet", "soft_dice_loss",
+    "RPN", "AnchorGenerator", "BaseSegmentor", "CrossEntropyLoss", "DecodeLoss", "DeltaXYWHBBoxCoder",
+    "DetDataPreProcessor", "DiceLoss", "EncoderDecoder", "FocalLoss", "LovaszLoss", "MaxIoUAssigner",
+    "RandomSampler", "SegDataPreProcessor", "SwinUnet", "SwinUnetDiceLoss", "build_decode_loss",
 ]
