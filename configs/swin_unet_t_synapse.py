@@ -20,7 +20,9 @@ model = dict(
     backbone=dict(type="SwinTransformer", embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24),
                   window_size=7, in_chans=1, drop_path_rate=0.2, pretrained=pretrained),
     decode_head=dict(type="SwinUnetDecoder", in_channels=[96, 192, 384, 768], num_classes=num_classes,
-                     loss_decode=dict(ce_weight=0.4, dice_weight=0.6, ignore_index=255)),
+                     # The official trainer's 0.4 * torch CrossEntropyLoss() + 0.6 * its DiceLoss(softmax=True).
+                     loss_decode=[dict(type="CrossEntropyLoss", loss_weight=0.4, avg_non_ignore=True),
+                                  dict(type="SwinUnetDiceLoss", loss_weight=0.6)]),
 )
 
 train_pipeline = [dict(type="RandomGenerator", output_size=img_size), dict(type="PackMedicalInputs")]

@@ -64,3 +64,5 @@ def is_optimized(model: nn.Module) -> bool:
 
 
 __all__ = ["SWAPS", "is_optimized", "optimize", "register", "restore"]
+
+from . import losses  # noqa: E402, F401  (FusedDecodeLoss)

@@ -65,9 +65,10 @@ DEFAULT_PARAMWISE_KEYS = frozenset({"custom_keys", "bias_lr_mult", "bias_decay_m
                                     "bypass_duplicate"})
 # Keys the registry itself reads from a typed dict.
 _REGISTRY_KEYS = frozenset({"type", "_scope_"})
-# Keys a model takes out of a child's dict (under ``model``) and builds itself: a head's loss_decode, a typed
-# dict or a list of them, each checked in turn against its class in MODELS (once that type is registered).
-_PARENT_KEYS = frozenset({"loss_decode"})
+# Keys a model takes out of a child's dict (under ``model``) and uses itself: a head's loss_decode (a typed dict
+# or a list of them, each checked in turn against its class in MODELS) and ignore_index, mmseg's head keys that
+# the segmentors pop for the head's loss stack.
+_PARENT_KEYS = frozenset({"loss_decode", "ignore_index"})
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Swin-Unet (Cao et al. 2021) as an mmengine model: densekit's Swin encoder, a bottleneck norm, the mirrored decoder.
 
-``forward(inputs, data_samples, mode)`` returns losses (``'loss'``: 0.4 x cross-entropy + 0.6 x soft Dice
-by default, as the official trainer), data samples with ``seg_logits`` and ``pred_sem_seg`` at the
-original size (``'predict'``), or logits ``(B, K, H, W)`` at the input size (``'tensor'``).
+``forward(inputs, data_samples, mode)`` returns losses (``'loss'``: 0.4 x cross-entropy + 0.6 x the official
+Dice by default, as the official trainer), data samples with ``seg_logits`` and ``pred_sem_seg`` at the
+original size (``'predict'``; whole, sliding-window or TTA through ``test_cfg``, see ``BaseSegmentor``), or
+logits ``(B, K, H, W)`` at the input size (``'tensor'``).
 
 State-dict layout (``densekit.convert.swin_unet`` maps the official one to it)::
 
@@ -22,9 +23,6 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from mmengine.model import BaseModel
-from mmengine.structures import PixelData
 from torch import nn
 
 from ..backbones import SwinTransformer, create_backbone
@@ -32,10 +30,13 @@ from ..heads.swin_unet_decoder import SwinUnetDecoder
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..registry import MODELS
 from ..structures import SegDataSample
-from .losses import SegLoss
+from .base_segmentor import BaseSegmentor, check_test_cfg, stack_labels
+from .losses import DecodeLoss, build_decode_loss, pop_loss_keys
 
-# The official trainer's loss: 0.4 * CE + 0.6 * Dice.
-DEFAULT_LOSS = dict(ce_weight=0.4, dice_weight=0.6, ignore_index=255)
+# The official trainer's loss: 0.4 * torch's CrossEntropyLoss() (the mean over the counted pixels) + 0.6 * its
+# DiceLoss(num_classes)(softmax=True).
+DEFAULT_LOSS = [dict(type="CrossEntropyLoss", loss_weight=0.4, avg_non_ignore=True),
+                dict(type="SwinUnetDiceLoss", loss_weight=0.6)]
 # Medical slices come as float intensities already windowed to [0, 1]: no mean/std, no channel flip.
 DEFAULT_PREPROCESSOR = dict(type="SegDataPreProcessor", mean=[0.0], std=[1.0], bgr_to_rgb=False)
 
@@ -100,7 +101,7 @@ def _fit_rates(rates: Sequence[float], depth: int) -> list[float]:
 
 
 @MODELS.register_module()
-class SwinUnet(BaseModel):
+class SwinUnet(BaseSegmentor):
     """Swin-Unet for 2-D (slice-wise) segmentation.
 
     Args:
@@ -111,8 +112,10 @@ class SwinUnet(BaseModel):
             official Swin-Unet checkpoint (``densekit.convert.swin_unet.load_swin_unet_pretrained``).
         decode_head: ``dict(type='SwinUnetDecoder', num_classes=9, ...)``; arguments left out mirror the
             encoder (``mirrored_decoder_settings``); ``in_channels``, if given, must be the encoder's widths;
-            ``loss_decode``: ``SegLoss`` arguments (default 0.4 CE + 0.6 Dice, ignore 255).
+            ``loss_decode``: a ``dict(type=...)`` or a list of them (``densekit.models.losses``; default
+            ``DEFAULT_LOSS``, the official 0.4 cross-entropy + 0.6 Dice); ``ignore_index`` (default 255).
         data_preprocessor: default ``SegDataPreProcessor`` with mean 0, std 1 and no channel flip.
+        test_cfg: ``mode='whole'`` (default) or ``'slide'``, optional ``tta`` (see ``BaseSegmentor``).
         init_cfg: mmengine's.
 
     A 1-channel input to a 3-channel encoder is repeated to 3 channels (the official wrapper does this).
@@ -124,11 +127,14 @@ class SwinUnet(BaseModel):
     """
 
     def __init__(self, backbone: dict | None = None, decode_head: dict | None = None,
-                 data_preprocessor: dict | nn.Module | None = None, init_cfg: dict | None = None) -> None:
+                 data_preprocessor: dict | nn.Module | None = None, init_cfg: dict | None = None,
+                 test_cfg: dict | None = None) -> None:
         data_preprocessor = data_preprocessor or dict(DEFAULT_PREPROCESSOR)
         if isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor)  # densekit's registry, as EncoderDecoder does
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.test_cfg = dict(mode="whole") if test_cfg is None else dict(test_cfg)
+        check_test_cfg(self.test_cfg)
         backbone = backbone if backbone is not None else dict(
             embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.1)
         self.backbone, pretrained, bias_resize = build_swin_encoder(backbone)
@@ -143,19 +149,21 @@ class SwinUnet(BaseModel):
 
             self.pretrained_report = load_swin_unet_pretrained(self, pretrained, bias_resize=bias_resize)
 
-    def _build_decoder(self, cfg: dict) -> tuple[SwinUnetDecoder, SegLoss]:
+    def _build_decoder(self, cfg: dict) -> tuple[SwinUnetDecoder, DecodeLoss]:
         kind = cfg.pop("type", "SwinUnetDecoder")
         if kind != "SwinUnetDecoder":
             raise ValueError(f"Swin-Unet's decode_head must be a SwinUnetDecoder, got {kind!r}")
-        loss_cfg = dict(DEFAULT_LOSS, **(cfg.pop("loss_decode", None) or {}))
-        loss_cfg.pop("type", None)
+        loss_decode, ignore_index = pop_loss_keys(cfg)
         mirrored = mirrored_decoder_settings(self.backbone)
         if "in_channels" in cfg and list(cfg["in_channels"]) != mirrored["in_channels"]:
             raise ValueError(f"decode_head.in_channels={list(cfg['in_channels'])} but the encoder's stages have "
                              f"{mirrored['in_channels']} channels")
         if "depths" in cfg and "drop_path_rates" not in cfg:
             cfg["drop_path_rates"] = [_fit_rates(r, d) for r, d in zip(mirrored["drop_path_rates"], cfg["depths"])]
-        return SwinUnetDecoder(**{**mirrored, **cfg}), SegLoss(**loss_cfg)
+        decoder = SwinUnetDecoder(**{**mirrored, **cfg})
+        loss = build_decode_loss(loss_decode, "decode_head.loss_decode", num_classes=decoder.num_classes,
+                                 ignore_index=ignore_index, align_corners=self.align_corners, default=DEFAULT_LOSS)
+        return decoder, loss
 
     # -- logits ------------------------------------------------------------------------------------
     def encode(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -184,43 +192,12 @@ class SwinUnet(BaseModel):
         logits = self.decode_head(*self.encode(inputs))
         return logits[:, :, : inputs.shape[2], : inputs.shape[3]]
 
-    def forward(self, inputs: torch.Tensor, data_samples: list[SegDataSample] | None = None,
-                mode: str = "tensor"):
-        if mode == "loss":
-            return self.loss(inputs, data_samples)
-        if mode == "predict":
-            return self.predict(inputs, data_samples)
-        if mode == "tensor":
-            return self.encode_decode(inputs)
-        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` at the input size."""
+        return self.encode_decode(inputs)
 
-    # -- training and inference --------------------------------------------------------------------
+    # -- training ----------------------------------------------------------------------------------
     def loss(self, inputs: torch.Tensor, data_samples: list[SegDataSample]) -> dict[str, torch.Tensor]:
-        """``loss_ce``, ``loss_dice`` and ``acc_seg`` against each sample's ``gt_sem_seg`` ``(1, H, W)``."""
-        if not data_samples:
-            raise ValueError("mode='loss' needs data_samples with gt_sem_seg")
-        labels = torch.stack([s.gt_sem_seg.data.squeeze(0) for s in data_samples]).long().to(inputs.device)
-        return self.loss_decode(self.encode_decode(inputs), labels)
-
-    def predict(self, inputs: torch.Tensor, data_samples: list[SegDataSample] | None = None) -> list[SegDataSample]:
-        """Per sample: ``seg_logits`` ``(K, H0, W0)`` and ``pred_sem_seg`` ``(1, H0, W0)`` at ``ori_shape``.
-
-        Logits are cropped to ``img_shape`` (the preprocessor pads on the right and bottom), unflipped,
-        and resized bilinearly to ``ori_shape``.
-        """
-        logits = self.encode_decode(inputs)
-        if data_samples is None:
-            shape = tuple(inputs.shape[-2:])
-            data_samples = [SegDataSample(metainfo={"img_shape": shape, "ori_shape": shape})
-                            for _ in range(inputs.shape[0])]
-        for logit, sample in zip(logits, data_samples):
-            h, w = tuple(sample.metainfo.get("img_shape", inputs.shape[-2:]))[:2]
-            logit = logit[:, :h, :w]
-            if sample.metainfo.get("flip", False):
-                logit = logit.flip(-1)
-            ori = tuple(sample.metainfo.get("ori_shape", (h, w)))[:2]
-            if tuple(logit.shape[-2:]) != ori:
-                logit = F.interpolate(logit[None], size=ori, mode="bilinear", align_corners=False)[0]
-            sample.seg_logits = PixelData(data=logit)
-            sample.pred_sem_seg = PixelData(data=logit.argmax(0, keepdim=True))
-        return data_samples
+        """``loss_ce``, ``loss_dice`` (one key per ``loss_name``) and ``acc_seg`` against each sample's
+        ``gt_sem_seg`` ``(1, H, W)``."""
+        return self.loss_decode(self.encode_decode(inputs), stack_labels(data_samples, inputs.device))

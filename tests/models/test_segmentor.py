@@ -192,7 +192,9 @@ def test_loss_returns_decode_and_aux_losses_with_gradients(small):
     with torch.no_grad():
         aux = model.auxiliary_head(model.extract_feat(x))
         aux = F.interpolate(aux, size=(64, 96), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(losses["aux.loss_ce"].detach(), 0.4 * F.cross_entropy(aux, labels, ignore_index=255))
+    # mmseg's default (avg_non_ignore=False): the sum over the counted pixels divided by all pixels.
+    expected = 0.4 * F.cross_entropy(aux, labels, ignore_index=255, reduction="sum") / labels.numel()
+    torch.testing.assert_close(losses["aux.loss_ce"].detach(), expected)
     sum(v for k, v in losses.items() if "loss" in k).backward()
     for part in (model.backbone, model.decode_head, model.auxiliary_head):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
@@ -209,6 +211,57 @@ def test_train_step_through_the_preprocessor(small):
     log_vars = model.train_step(data, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
     assert {"loss", "decode.loss_ce", "aux.loss_ce"} <= set(log_vars)
     assert torch.isfinite(torch.as_tensor(log_vars["loss"])).all()
+
+
+def test_a_list_of_losses_trains_a_step(small):
+    """``loss_decode`` as a list (mmseg configs): one log key per loss_name, all in the step's total loss."""
+    cfg = small_cfg()
+    cfg["decode_head"]["loss_decode"] = [dict(type="CrossEntropyLoss", loss_weight=1.0),
+                                         dict(type="LovaszLoss", reduction="none", loss_weight=0.5)]
+    cfg["auxiliary_head"]["loss_decode"] = [dict(type="CrossEntropyLoss", loss_weight=0.4, avg_non_ignore=True),
+                                            dict(type="DiceLoss", loss_weight=0.2)]
+    model = EncoderDecoder(**cfg).train()
+    model.load_state_dict(small.state_dict())
+    shapes = [(64, 64), (64, 64)]
+    gen = torch.Generator().manual_seed(5)
+    data = dict(inputs=[torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8) for h, w in shapes],
+                data_samples=_labelled_samples(shapes))
+    before = model.decode_head.conv_seg.weight.detach().clone()
+    log_vars = model.train_step(data, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01)))
+    keys = {"decode.loss_ce", "decode.loss_lovasz", "aux.loss_ce", "aux.loss_dice"}
+    assert keys <= set(log_vars) and {"decode.acc_seg", "aux.acc_seg"} <= set(log_vars)
+    values = {k: float(torch.as_tensor(v).detach()) for k, v in log_vars.items()}
+    assert values["loss"] == pytest.approx(sum(values[k] for k in keys), rel=1e-5)
+    assert not torch.equal(before, model.decode_head.conv_seg.weight)
+
+
+def test_a_one_class_head_trains_with_sigmoid_and_predicts_by_threshold():
+    """mmseg's binary path: num_classes=1, use_sigmoid=True; prediction is sigmoid > 0.3 (mmseg's threshold)."""
+    cfg = small_cfg(num_classes=1, backbone=dict(type="resnet18"), auxiliary_head=None)
+    cfg["decode_head"].update(in_channels=[64, 128, 256, 512],
+                              loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=True, avg_non_ignore=True))
+    torch.manual_seed(0)
+    model = EncoderDecoder(**cfg)
+    samples = _labelled_samples([(32, 32), (32, 32)], num_classes=2)  # two: BN in the 1x1 pooling branch
+    losses = model(torch.randn(2, 3, 32, 32), samples, mode="loss")
+    assert set(losses) == {"decode.loss_ce", "decode.acc_seg"} and losses["decode.loss_ce"] > 0
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = model.predict(x)[0]
+        logits = model.encode_decode(x)[0, 0]
+    assert torch.equal(out.pred_sem_seg.data[0], (logits.sigmoid() > 0.3).long())
+    with pytest.raises(ValueError, match="needs use_sigmoid=True"):
+        EncoderDecoder(**small_cfg(num_classes=1))
+
+
+def test_head_ignore_index_is_mmsegs_head_key():
+    cfg = small_cfg(backbone=dict(type="resnet18"), auxiliary_head=None)
+    cfg["decode_head"].update(in_channels=[64, 128, 256, 512], ignore_index=0)
+    assert EncoderDecoder(**cfg).decode_loss.ignore_index == 0
+    cfg["decode_head"]["loss_decode"] = dict(type="NoSuchLoss")
+    with pytest.raises(ValueError, match=r"decode_head\.loss_decode\.type='NoSuchLoss'"):
+        EncoderDecoder(**cfg)
 
 
 def test_in_channels_mismatch_names_the_head_and_both_channel_lists():

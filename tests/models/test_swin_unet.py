@@ -16,7 +16,7 @@ from torch import nn
 from densekit.convert.segmentor import load_segmentor_checkpoint
 from densekit.layers import fused_linear
 from densekit.layers.patch import FinalPatchExpand, PatchExpand, tokens_to_pixels
-from densekit.models import SwinUnet
+from densekit.models import SwinUnet, SwinUnetDiceLoss
 from densekit.registry import MODELS
 from densekit.structures import SegDataSample
 
@@ -26,7 +26,8 @@ T_MODEL = dict(
     backbone=dict(type="SwinTransformer", embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7,
                   in_chans=1, drop_path_rate=0.2, pretrained=None),
     decode_head=dict(type="SwinUnetDecoder", in_channels=[96, 192, 384, 768], num_classes=9,
-                     loss_decode=dict(ce_weight=0.4, dice_weight=0.6, ignore_index=255)),
+                     loss_decode=[dict(type="CrossEntropyLoss", loss_weight=0.4, avg_non_ignore=True),
+                                  dict(type="SwinUnetDiceLoss", loss_weight=0.6)]),
 )
 SLIM = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, drop_path_rate=0.0)
 
@@ -183,6 +184,7 @@ def test_loss_and_backward():
     assert set(losses) == {"loss_ce", "loss_dice", "acc_seg"}
     logits = model(inputs, mode="tensor")
     assert torch.allclose(losses["loss_ce"], 0.4 * F.cross_entropy(logits, labels, ignore_index=255))
+    assert torch.allclose(losses["loss_dice"], 0.6 * SwinUnetDiceLoss()(logits, labels, 255))
     (losses["loss_ce"] + losses["loss_dice"]).backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
@@ -216,6 +218,29 @@ def test_predict_crops_unflips_and_resizes():
     assert torch.equal(out[1].pred_sem_seg.data[0], logits[1].argmax(0))
     with torch.no_grad():
         assert model(inputs, mode="predict")[0].pred_sem_seg.data.shape == (1, 64, 64)
+
+
+def test_slide_and_tta_inference_through_test_cfg():
+    """The segmentors share one predict: Swin-Unet gets sliding windows and flip TTA from its test_cfg."""
+    torch.manual_seed(0)
+    slide = SwinUnet(backbone={**SLIM, "in_chans": 1}, decode_head=dict(num_classes=3),
+                     test_cfg=dict(mode="slide", crop_size=(32, 32), stride=(32, 32))).eval()
+    inputs = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        out = slide(inputs, mode="predict")[0].seg_logits.data
+        quarter = slide.encode_decode(inputs[:, :, 32:, :32])[0]
+    assert out.shape == (3, 64, 64)
+    torch.testing.assert_close(out[:, 32:, :32], quarter)  # stride = crop: each window is predicted alone
+    tta = SwinUnet(backbone={**SLIM, "in_chans": 1}, decode_head=dict(num_classes=3),
+                   test_cfg=dict(tta=dict(scales=[1.0], flip=True))).eval()
+    tta.load_state_dict(slide.state_dict())
+    with torch.no_grad():
+        probs = tta(inputs, mode="predict")[0].seg_logits.data
+        plain = slide.encode_decode(inputs).softmax(1)
+        flipped = slide.encode_decode(inputs.flip(-1)).flip(-1).softmax(1)
+    torch.testing.assert_close(probs, ((plain + flipped) / 2)[0])
+    with pytest.raises(ValueError, match="crop_size"):
+        SwinUnet(backbone=dict(SLIM), test_cfg=dict(mode="slide"))
 
 
 def test_densekit_checkpoint_loads_through_init_models_loader(tmp_path):
