@@ -25,6 +25,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+from densekit import accel
 from densekit.engine.compile import CompiledOrEager, compile_method
 
 from .harness import (
@@ -136,7 +137,7 @@ def build_rpn_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     if report.missing:
         raise CheckpointError(f"torchvision weights left densekit weights unloaded: {report.missing[:5]}")
     match_rpn_settings(peer.rpn, ours.rpn_head)
-    return ours, peer
+    return accel.optimize(ours), peer  # densekit's CPU fast paths, as init_model installs them
 
 
 # --------------------------------------------------------------------------- forwards and agreement

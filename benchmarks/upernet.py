@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mmengine.structures import PixelData
 from torch import nn
 
+from densekit import accel
 from densekit.structures import SegDataSample
 
 from .convnext import spread_layer_scales
@@ -134,7 +135,7 @@ def build_upernet_pair(seed: int = 0, backbone: str = "swin_t") -> tuple[nn.Modu
     ours = EncoderDecoder(**cfg)
     converted, unmapped = convert_hf_upernet(hf.state_dict())
     ours.load_state_dict(converted, strict=True)
-    return ours, hf
+    return accel.optimize(ours), hf  # CPU fast paths (Winograd, fused Swin), as init_model and `accel = True` do
 
 
 def _inference(ours: nn.Module, hf: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], list[torch.Tensor]]]:
@@ -369,7 +370,7 @@ median time =
 **{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
 ({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
 {inf.executed_flops / 1e9:.1f} GFLOP: {skipped}on the CPU in fp32 it runs its widest 3x3 convolutions by
-Winograd F(2x2, 3x3) (`densekit/layers/winograd.py`, 2.25x fewer multiplies).\
+Winograd F(2x2, 3x3) (`densekit/accel/winograd.py`, 2.25x fewer multiplies).\
 {bf16_text}{_mode_text(config.mode, statuses)}\
 {_gpu_text(config, inf, train, train_batch, gpu)}
 """

@@ -20,6 +20,7 @@ import torch
 from scipy.ndimage import zoom
 from torch import nn
 
+from densekit import accel
 from densekit.engine.compile import maybe_compile
 from densekit.inference.volume import infer_volume
 
@@ -122,7 +123,8 @@ def build_swin_unet(seed: int = 0) -> nn.Module:
     from densekit.apis import build_model, load_config
 
     torch.manual_seed(seed)
-    return build_model(load_config(str(CONFIG)), pretrained=False).eval()
+    # densekit's CPU fast paths, as init_model installs them
+    return accel.optimize(build_model(load_config(str(CONFIG)), pretrained=False).eval())
 
 
 class ComputeFloor(NamedTuple):

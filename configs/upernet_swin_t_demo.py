@@ -116,6 +116,9 @@ visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend")]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork"), dist_cfg=dict(backend="gloo"))
 log_processor = dict(by_epoch=False)
 log_level = "INFO"
+# densekit's CPU fast paths (densekit.accel: Winograd convolutions, the unfolded patch embedding, fused and tiled
+# inference in validation) while training: this recipe trains on the CPU.
+accel = True
 load_from = None
 resume = False
 randomness = dict(seed=0)

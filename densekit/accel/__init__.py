@@ -63,6 +63,19 @@ def is_optimized(model: nn.Module) -> bool:
     return any(type(module) in accelerated for module in model.modules())
 
 
-__all__ = ["SWAPS", "is_optimized", "optimize", "register", "restore"]
+def clear_caches() -> None:
+    """Drop what the fast paths cache from weights (oneDNN-packed linear weights, folded attention masks).
 
-from . import losses  # noqa: E402, F401  (FusedDecodeLoss)
+    The caches follow in-place updates by themselves; clearing frees their memory while weights keep changing
+    (training after a validation, ``AccelHook``) and makes them see writes through ``.data``, which bypass
+    the version counters they key on.
+    """
+    fused_linear.clear_packed_weights()
+    swin.clear_folded_masks()
+
+
+# The modules that register their subclasses (after ``register`` exists: they import it from here).
+from . import fused_linear, losses, swin, winograd  # noqa: E402
+
+__all__ = ["SWAPS", "clear_caches", "fused_linear", "is_optimized", "losses", "optimize", "register", "restore",
+           "swin", "winograd"]

@@ -17,7 +17,6 @@ import torch.utils.checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
-from ..layers.fused_linear import chunk_rows, fused_linear_available, linear
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..layers.window_attention import WindowAttention
@@ -73,23 +72,8 @@ class SwinBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         window, shift = self.window_and_shift(x.shape[1], x.shape[2])
-        if self.training or self.attn.attn_impl != "sdpa" or not fused_linear_available(x):
-            x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        # Inference: tiles of windows, then row chunks; biases, the GELU and the attention's residual add happen
-        # inside the linear kernels.
-        return self._mlp_inference_(self.attn.residual_tiled(x, self.norm1, window, shift))
-
-    def _mlp_inference_(self, x: torch.Tensor) -> torch.Tensor:
-        """``x += mlp(norm2(x))`` in place, for CPU inference: ``(B, H, W, C)`` -> ``x``, fused kernels, in row
-        chunks whose 4C-wide hidden rows stay in cache (``fused_linear.chunk_rows``). ``x`` must be the
-        block's own tensor (``residual_tiled`` returns a fresh one)."""
-        rows = x.view(-1, x.shape[-1])
-        step = chunk_rows(self.mlp.fc1.out_features)
-        for i in range(0, rows.shape[0], step):
-            chunk = rows[i:i + step]
-            chunk += linear(linear(self.norm2(chunk), self.mlp.fc1, "gelu"), self.mlp.fc2)
-        return x
+        x = x + self.drop_path(self.attn(self.norm1(x), window, shift))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class SwinStage(nn.Module):
@@ -132,12 +116,17 @@ class SwinStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, H, W, C)`` -> (stage output ``(B, H, W, C)``, next input ``(B, H/2, W/2, 2C)``)."""
+        x = self.run_blocks(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks in turn, each checkpointed while training with ``with_cp``: ``(B, H, W, C)`` -> same."""
         for block in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return x, (self.downsample(x) if self.downsample is not None else x)
+        return x
 
 
 class SwinTransformer(Backbone):
@@ -170,7 +159,7 @@ class SwinTransformer(Backbone):
         frozen_stages: -1 trains all; ``k >= 0`` freezes the patch embedding and the first ``k`` stages.
         norm_eval: keep BatchNorms in eval (Swin has none; accepted for the common contract).
         with_cp: activation checkpointing.
-        attn_impl: ``'sdpa'`` (fast) or ``'reference'`` window attention.
+        attn_impl: ``'sdpa'`` (one SDPA call per block) or ``'reference'`` (per-window matmuls) attention.
         pretrained: local checkpoint in any supported layout, converted and resized on load.
         bias_resize: how pretrained bias tables are resized to ``window_size``: ``'bicubic'``
             (official Swin) or ``'geometric'`` (timm).
@@ -201,40 +190,22 @@ class SwinTransformer(Backbone):
         bias_resize: str = "bicubic",
     ) -> None:
         super().__init__()
-        num_stages = len(depths)
-        if len(num_heads) != num_stages:
-            raise ValueError(f"depths {depths} and num_heads {num_heads} differ in length")
-        if not out_indices or not all(0 <= i < num_stages for i in out_indices):
-            raise ValueError(f"out_indices {out_indices} must name stages 0..{num_stages - 1}")
+        _check_layout(depths, num_heads, out_indices)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.window_size = window_size
-        self.patch_size = patch_size
-        self.in_chans = in_chans
-        dims = [embed_dim * 2**i for i in range(num_stages)]
+        self.window_size, self.patch_size, self.in_chans = window_size, patch_size, in_chans
+        dims = [embed_dim * 2**i for i in range(len(depths))]
         self.out_channels = [dims[i] for i in self.out_indices]
         self.strides = [patch_size * 2**i for i in self.out_indices]
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.pretrain_grid = (pretrain_img_size // patch_size, pretrain_img_size // patch_size)
-        if ape:
-            grid = self.pretrain_grid[0] * self.pretrain_grid[1]
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, grid, embed_dim))
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
-        else:
-            self.absolute_pos_embed = None
+        self.absolute_pos_embed = _abs_pos_embed(self.pretrain_grid, embed_dim) if ape else None
         self.pos_drop = nn.Dropout(drop_rate)
-
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.stages = nn.ModuleList()
-        for i in range(num_stages):
-            first = sum(depths[:i])
-            self.stages.append(SwinStage(
-                dims[i], depths[i], num_heads[i], window_size, rates[first:first + depths[i]],
-                downsample=i < num_stages - 1, with_cp=with_cp, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                drop=drop_rate, attn_drop=attn_drop_rate, attn_impl=attn_impl,
-            ))
+        self.stages = _build_stages(dims, depths, num_heads, window_size, drop_path_rate, with_cp=with_cp,
+                                    mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                                    attn_drop=attn_drop_rate, attn_impl=attn_impl)
         self.out_norms = nn.ModuleDict({str(i): nn.LayerNorm(dims[i]) for i in self.out_indices}) if out_norm else None
         self.apply(init_swin_weights)
 
@@ -262,6 +233,26 @@ class SwinTransformer(Backbone):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, in_chans, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
+        outs = []
+        for i, (_, out) in enumerate(self.forward_stages(x, max(self.out_indices) + 1)):
+            if i in self.out_indices:
+                if self.out_norms is not None:
+                    out = self.out_norms[str(i)](out)
+                # A permuted view: NCHW shape, channels_last memory, which convolutions take as is.
+                outs.append(out.permute(0, 3, 1, 2))
+        return outs
+
+    def forward_stages(self, x: torch.Tensor, num_stages: int | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The patch embedding (plus the absolute position embedding) and the first ``num_stages`` stages (all by
+        default), NHWC and without output norms: per stage, its input ``(B, H_i, W_i, C_i)`` and its output
+        before patch merging ``(B, H_i, W_i, C_i)``. ``forward`` returns the outputs; Swin-Unet's skips are the
+        inputs and its bottleneck the last stage's output (which has no patch merging).
+
+        Args:
+            x: ``(B, in_chans, H, W)``.
+            num_stages: how many stages to run.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         x = self.patch_embed(x)
@@ -270,15 +261,44 @@ class SwinTransformer(Backbone):
             pos = resize_abs_pos_embed(self.absolute_pos_embed, grid, self.pretrain_grid)
             x = x + pos.view(1, grid[0], grid[1], -1)
         x = self.pos_drop(x)
-        outs = []
-        for i, stage in enumerate(self.stages[: max(self.out_indices) + 1]):
-            out, x = stage(x)
-            if i in self.out_indices:
-                if self.out_norms is not None:
-                    out = self.out_norms[str(i)](out)
-                # A permuted view: NCHW shape, channels_last memory, which convolutions take as is.
-                outs.append(out.permute(0, 3, 1, 2))
-        return outs
+        maps = []
+        for stage in self.stages[:num_stages]:
+            out, following = stage(x)
+            maps.append((x, out))
+            x = following
+        return maps
+
+
+def _check_layout(depths: tuple[int, ...], num_heads: tuple[int, ...], out_indices: tuple[int, ...]) -> None:
+    """Raise a ValueError naming the argument when the stage counts disagree or an out index names no stage."""
+    if len(num_heads) != len(depths):
+        raise ValueError(f"depths {depths} and num_heads {num_heads} differ in length")
+    if not out_indices or not all(0 <= i < len(depths) for i in out_indices):
+        raise ValueError(f"out_indices {out_indices} must name stages 0..{len(depths) - 1}")
+
+
+def _abs_pos_embed(grid: tuple[int, int], dim: int) -> nn.Parameter:
+    """A learned absolute position embedding ``(1, grid_h * grid_w, dim)``, truncated-normal initialised."""
+    embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+    trunc_normal_(embed, std=0.02)
+    return embed
+
+
+def _build_stages(dims: list[int], depths: tuple[int, ...], num_heads: tuple[int, ...], window_size: int,
+                  drop_path_rate: float, with_cp: bool, mlp_ratio: float, qkv_bias: bool, drop: float,
+                  attn_drop: float, attn_impl: str) -> nn.ModuleList:
+    """One ``SwinStage`` per depth, stochastic depth rising linearly to ``drop_path_rate`` over all blocks, patch
+    merging after every stage but the last."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    stages = nn.ModuleList()
+    for i, depth in enumerate(depths):
+        first = sum(depths[:i])
+        stages.append(SwinStage(
+            dims[i], depth, num_heads[i], window_size, rates[first:first + depth], downsample=i < len(depths) - 1,
+            with_cp=with_cp, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+            attn_impl=attn_impl,
+        ))
+    return stages
 
 
 def init_swin_weights(module: nn.Module) -> None:

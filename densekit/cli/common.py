@@ -22,6 +22,13 @@ def add_unsafe_load_argument(parser: argparse.ArgumentParser) -> None:
                         help="unpickle checkpoints fully (weights_only=False): may run code; trusted files only")
 
 
+def add_no_accel_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-accel``: run the plain model, without densekit's CPU fast paths (``densekit.accel``)."""
+    parser.add_argument("--no-accel", action="store_true",
+                        help="do not install densekit's CPU fast paths (oneDNN fused linears, tiled window "
+                             "attention, Winograd convolutions; on by default on the CPU)")
+
+
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     """``--launcher`` (mmengine's) and the ``--local-rank`` torch.distributed.launch passes."""
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")

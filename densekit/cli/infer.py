@@ -24,7 +24,7 @@ import cv2
 import torch
 from tqdm import tqdm
 
-from densekit.cli.common import add_unsafe_load_argument, run_tool
+from densekit.cli.common import add_no_accel_argument, add_unsafe_load_argument, run_tool
 from densekit.datasets.medical.io import is_volume_file
 from densekit.fileio import save_atomically
 from densekit.inference.api import inference_model, init_model
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="run the model under torch.autocast bfloat16: about 2x faster on CPUs with bf16 matrix "
                              "units and on GPUs; a few boundary pixels may get another label than in fp32")
     add_unsafe_load_argument(parser)
+    add_no_accel_argument(parser)
     args = parser.parse_args(argv)
     model = init_model(args.config, args.checkpoint, device=args.device, unsafe_load=args.unsafe_load,
-                       compile=args.compile)
+                       compile=args.compile, accel=False if args.no_accel else None)
     autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
     with autocast:
         _infer(model, args)

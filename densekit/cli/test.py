@@ -15,7 +15,7 @@ import argparse
 
 from mmengine.config import DictAction
 
-from densekit.cli.common import add_launcher_arguments, add_unsafe_load_argument, run_tool
+from densekit.cli.common import add_launcher_arguments, add_no_accel_argument, add_unsafe_load_argument, run_tool
 from densekit.engine.config import load_config
 from densekit.engine.data_check import check_datasets
 from densekit.engine.runner import test
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="medical configs: 'swin-unet' reproduces the official table (HD95 in voxels)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction)
     add_unsafe_load_argument(parser)
+    add_no_accel_argument(parser)
     add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         hook = "DetProposalHook" if cfg.model.get("type") == "RPN" else "SegOverlayHook"
         cfg.custom_hooks = list(cfg.get("custom_hooks", [])) + [dict(type=hook, out_dir=args.out_dir)]
     metrics = test(cfg, args.checkpoint, work_dir=args.work_dir, tta=args.tta, launcher=args.launcher,
-                   unsafe_load=args.unsafe_load)
+                   unsafe_load=args.unsafe_load, accel=False if args.no_accel else None)
     print({k: round(float(v), 4) for k, v in metrics.items()})
 
 

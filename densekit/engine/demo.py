@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from ..accel import optimize
 from ..backbones import create_backbone
 
 DEFAULT_BACKBONES = ("swin_t", "convnext_tiny", "resnet50")
@@ -44,7 +45,7 @@ def run_backbone_demo(names: tuple[str, ...] = DEFAULT_BACKBONES, size: tuple[in
           f"{torch.get_num_threads()} threads")
     results = []
     for name in names:
-        model = create_backbone(name).eval()
+        model = optimize(create_backbone(name).eval())  # CPU inference: densekit's fast paths, as init_model
         times = []
         with torch.inference_mode():
             feats = model(image)  # warm-up

@@ -1,6 +1,6 @@
-"""mmengine hooks densekit adds: stop at the first non-finite loss, process memory in CPU training logs (and
-validation's packed weights dropped before training resumes), crash-safe checkpoints, colour overlays of test
-predictions, proposals drawn on test images."""
+"""mmengine hooks densekit adds: stop at the first non-finite loss, process memory in CPU training logs, densekit's
+CPU fast paths installed on the runner's model, crash-safe checkpoints, colour overlays of test predictions,
+proposals drawn on test images."""
 from __future__ import annotations
 
 import math
@@ -14,9 +14,10 @@ import torch
 from mmengine.dist import is_main_process
 from mmengine.fileio.backends import LocalBackend
 from mmengine.hooks import CheckpointHook, Hook
+from mmengine.model import is_model_wrapper
 
+from .. import accel
 from ..fileio import atomic_open, save_atomically
-from ..layers.fused_linear import clear_packed_weights
 from ..registry import HOOKS
 from ..visualization import default_palette, draw_proposals, labelled_overlay, write_image
 
@@ -81,10 +82,6 @@ class CpuMemoryHook(Hook):
     mmengine's logger reports memory only on CUDA (``memory``, the allocator's peak); on the CPU the resident
     set is what grows when something leaks or a batch is too large. ``densekit.apis.build_runner`` adds this
     hook to runs without CUDA.
-
-    After each validation it also drops the weights validation packed for oneDNN
-    (``densekit.layers.fused_linear``): the next optimizer step makes them stale, and they would otherwise stay
-    allocated through training (one copy of every linear weight: 105 MiB for Swin-T).
     """
 
     priority = "LOW"
@@ -92,8 +89,27 @@ class CpuMemoryHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         runner.message_hub.update_scalar("train/rss_mb", round(resident_memory_mb()))
 
+
+@HOOKS.register_module()
+class AccelHook(Hook):
+    """Install densekit's CPU fast paths (``densekit.accel.optimize``) on the runner's model before the run:
+    training, validation and test alike.
+
+    ``densekit.engine.runner.build_runner`` adds it when the config says ``accel = True`` (CPU training recipes)
+    and ``test`` adds it on CPU runs unless asked not to. After each validation it drops what the fast paths
+    cached from the weights (``accel.clear_caches``: oneDNN-packed linear weights, folded attention masks): the
+    next optimizer step makes them stale, and they would otherwise stay allocated through training (one copy of
+    every linear weight: 105 MiB for Swin-T).
+    """
+
+    priority = "VERY_HIGH"  # before any other hook runs the model
+
+    def before_run(self, runner) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        accel.optimize(model)
+
     def after_val_epoch(self, runner, metrics=None) -> None:
-        clear_packed_weights()
+        accel.clear_caches()
 
 
 @HOOKS.register_module()

@@ -11,6 +11,7 @@ import torch
 from mmengine.config import Config
 
 from ..convert import CheckpointError, checkpoint_safe_globals, is_refusal, refused_message
+from .config_check import ConfigError
 
 
 @contextlib.contextmanager
@@ -51,9 +52,12 @@ def _checkpoint_source(cfg: Config) -> str:
 
 
 def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-                 launcher: str = "none", deterministic: bool = False):
+                 launcher: str = "none", deterministic: bool = False, accel: bool | None = None):
     """An mmengine ``Runner`` for ``cfg`` with the tool's overrides applied and ``NonFiniteLossHook`` (and,
     without CUDA, ``CpuMemoryHook``) added to ``custom_hooks`` unless the config lists them already.
+
+    ``accel``: install densekit's CPU fast paths on the model before the run (``AccelHook``); None follows the
+    config's top-level ``accel`` key (default False: CPU recipes set ``accel = True``).
 
     ``deterministic`` sets ``randomness.deterministic`` (mmengine then calls
     ``torch.use_deterministic_algorithms(True)`` and turns cuDNN benchmarking off), so a run repeats bit for bit
@@ -63,14 +67,7 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
 
     cfg.work_dir = work_dir or cfg.get("work_dir") or os.path.join("work_dirs", Path(cfg.filename or "run").stem)
     cfg.launcher = launcher
-    hooks = list(cfg.get("custom_hooks") or [])
-    names = [str(h.get("type", "")) if isinstance(h, dict) else type(h).__name__ for h in hooks]
-    if not any(name.split(".")[-1] == "NonFiniteLossHook" for name in names):
-        # Every run stops at the first NaN/Inf loss before a checkpoint of the broken state is written.
-        hooks.append(dict(type="NonFiniteLossHook"))
-    if not torch.cuda.is_available() and not any(name.split(".")[-1] == "CpuMemoryHook" for name in names):
-        hooks.append(dict(type="CpuMemoryHook"))  # mmengine logs memory on CUDA only
-    cfg.custom_hooks = hooks
+    cfg.custom_hooks = _with_densekit_hooks(cfg, _accel_requested(cfg, accel))
     if resume:
         cfg.resume = True
     if deterministic:
@@ -87,6 +84,29 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     return Runner.from_cfg(cfg)
+
+
+def _accel_requested(cfg: Config, accel: bool | None) -> bool:
+    """``accel`` if given, else the config's ``accel`` key (True or False; default False)."""
+    if accel is not None:
+        return accel
+    value = cfg.get("accel", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key 'accel' must be True or False, got {value!r}")
+    return value
+
+
+def _with_densekit_hooks(cfg: Config, accel: bool) -> list:
+    """``cfg.custom_hooks`` plus the hooks densekit adds, each unless the config lists it already."""
+    hooks = list(cfg.get("custom_hooks") or [])
+    names = {(str(h.get("type", "")) if isinstance(h, dict) else type(h).__name__).split(".")[-1] for h in hooks}
+    # Every run stops at the first NaN/Inf loss before a checkpoint of the broken state is written.
+    wanted = ["NonFiniteLossHook"]
+    if not torch.cuda.is_available():
+        wanted.append("CpuMemoryHook")  # mmengine logs memory on CUDA only
+    if accel:
+        wanted.append("AccelHook")
+    return hooks + [dict(type=name) for name in wanted if name not in names]
 
 
 def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
@@ -131,13 +151,15 @@ def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: b
 
 
 def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = False,
-         launcher: str = "none", unsafe_load: bool = False) -> dict:
+         launcher: str = "none", unsafe_load: bool = False, accel: bool | None = None) -> dict:
     """Evaluate ``checkpoint`` on the config's test set; ``tta`` turns on flip + multi-scale inference.
-    ``checkpoint`` loads ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``)."""
+    ``checkpoint`` loads ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``). ``accel``: run with
+    densekit's CPU fast paths (``densekit.accel``); None: when the model runs on the CPU (no CUDA)."""
     cfg.load_from = checkpoint
     if tta:
         cfg.model.test_cfg = dict(cfg.model.get("test_cfg", {}),
                                   tta=dict(scales=[0.5, 0.75, 1.0, 1.25, 1.5, 1.75], flip=True))
-    runner = build_runner(cfg, work_dir, launcher=launcher)
+    accel = not torch.cuda.is_available() if accel is None else accel
+    runner = build_runner(cfg, work_dir, launcher=launcher, accel=accel)
     with safe_loading(unsafe_load, checkpoint):
         return runner.test()

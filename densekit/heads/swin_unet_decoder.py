@@ -26,18 +26,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
-from ..backbones.swin import SwinBlock, init_swin_weights
-from ..layers.fused_linear import chunk_rows, fused_linear_available, linear
+from ..backbones.swin import SwinStage, init_swin_weights
 from ..layers.patch import FinalPatchExpand, PatchExpand
 from ..registry import MODELS
 
 
-class SwinUpStage(nn.Module):
-    """Join a skip: concatenate it, project ``2C -> C``, run Swin blocks, optionally expand 2x.
+class SwinUpStage(SwinStage):
+    """Join a skip: concatenate it, project ``2C -> C``, run Swin blocks (a ``SwinStage`` without patch merging),
+    optionally expand 2x.
 
     Args:
         dim: channels ``C`` of this stage (and of its skip).
@@ -53,31 +51,33 @@ class SwinUpStage(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, drop_paths: Sequence[float],
                  upsample: bool, with_cp: bool = False, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, attn_impl: str = "sdpa") -> None:
-        super().__init__()
         if len(drop_paths) != depth:
             raise ValueError(f"{len(drop_paths)} drop-path rates for {depth} blocks")
-        self.with_cp = with_cp
-        self.concat = nn.Linear(2 * dim, dim)
-        self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window_size, i % 2 == 1, mlp_ratio, qkv_bias, drop, attn_drop,
-                      drop_paths[i], attn_impl)
-            for i in range(depth)
-        )
+        # ``concat`` is made and registered first, as before this stage reused SwinStage: a seed then draws the
+        # same initial weights, and optimizer states in existing checkpoints (stored by parameter position) fit.
+        concat = nn.Linear(2 * dim, dim)
+        super().__init__(dim, depth, num_heads, window_size, list(drop_paths), downsample=False, with_cp=with_cp,
+                         mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop, attn_impl=attn_impl)
+        self._modules = {"concat": concat, **self._modules}  # ``downsample`` stays None: no parameters
         self.upsample = PatchExpand(dim) if upsample else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """``x`` ``(B, h, w, C)`` (``h, w`` >= the skip's) and ``skip`` ``(B, H, W, C)`` ->
         ``(B, 2H, 2W, C/2)`` (or ``(B, H, W, C)`` without ``upsample``)."""
+        x = self.run_blocks(self.join(x, skip))
+        return self.upsample(x) if self.upsample is not None else x
+
+    def join(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x`` and ``skip`` as in ``forward`` -> ``(B, H, W, C)``: both side by side, projected by ``concat``."""
+        return self.concat(self.beside_skip(x, skip))
+
+    @staticmethod
+    def beside_skip(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x`` cropped to the skip's size and concatenated with it: ``(B, H, W, 2C)``."""
         height, width = skip.shape[1:3]
         if x.shape[1] < height or x.shape[2] < width:
             raise ValueError(f"decoder map {tuple(x.shape[1:3])} is smaller than its skip {(height, width)}")
-        x = linear(torch.cat([x[:, :height, :width], skip], dim=-1), self.concat)  # oneDNN's kernel at CPU inference
-        for block in self.blocks:
-            if self.with_cp and x.requires_grad:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return self.upsample(x) if self.upsample is not None else x
+        return torch.cat([x[:, :height, :width], skip], dim=-1)
 
 
 @MODELS.register_module()
@@ -145,34 +145,9 @@ class SwinUnetDecoder(nn.Module):
         x = self.expand(bottleneck)
         for k, stage in enumerate(self.stages):
             x = stage(x, skips[len(self.stages) - 1 - k])
-        x = self.norm(x)
-        if fused_linear_available(x):
-            return self.classify_tiled(x)
+        return self.classify(self.norm(x))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The final 4x expansion and the 1x1 classifier: ``(B, h, w, C)`` after ``norm`` -> logits
+        ``(B, K, s*h, s*w)``. (``densekit.accel.swin`` runs it in chunks of tokens on the CPU.)"""
         return self.conv_seg(self.up(x).permute(0, 3, 1, 2))
-
-    def classify_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        """``conv_seg(up(x))`` for CPU inference, without the full-resolution ``C``-channel map.
-
-        The final expansion, its per-pixel LayerNorm and the 1x1 classifier act on each pixel alone, so they run
-        on chunks of tokens (``chunk_rows``): expand a chunk, normalise its ``s*s`` pixels of ``C`` channels and
-        classify them while in cache; only the ``K``-channel logits are spread to pixels. At 224x224 the other
-        order writes and reads a 224x224x96 map four times (expand, spread, norm, conv): 11 of the 55 ms per
-        slice of a bf16 Swin-Unet-T forward. ``forward``'s other branch is the reference.
-
-        Args:
-            x: ``(B, h, w, C)``, after ``norm``.
-
-        Returns:
-            Logits ``(B, K, s*h, s*w)``, channels-last in memory (as the 1x1 convolution of an NHWC map gives).
-        """
-        up, s = self.up, self.up.scale
-        b, h, w, c = x.shape
-        tokens = x.reshape(-1, c)
-        weight = self.conv_seg.weight.flatten(1)  # (K, C)
-        step = chunk_rows(s * s * c)
-        chunks = []
-        for i in range(0, tokens.shape[0], step):
-            pixels = up.norm(linear(tokens[i:i + step], up.expand).view(-1, c))  # (n*s*s, C)
-            chunks.append(F.linear(pixels, weight).view(-1, s, s, weight.shape[0]))  # (n, s, s, K)
-        logits = torch.cat(chunks).view(b, h, w, s, s, -1).transpose(2, 3).reshape(b, h * s, w * s, -1)
-        return logits.permute(0, 3, 1, 2)

@@ -9,15 +9,19 @@ import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 
+from ..accel import optimize
 from ..engine.config import load_config
 from ..models.builder import build_model
 from ..registry import DATASETS, TRANSFORMS
 
 
 def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
-               cfg_options: dict | None = None, unsafe_load: bool = False, compile: bool = False) -> torch.nn.Module:
+               cfg_options: dict | None = None, unsafe_load: bool = False, compile: bool = False,
+               accel: bool | None = None) -> torch.nn.Module:
     """Build the config's model, load ``checkpoint`` (safely, strictly), move it to ``device``, set eval mode;
-    ``compile=True`` then compiles its inference path with a fallback to eager (``compile_inference``).
+    install densekit's CPU fast paths (``densekit.accel.optimize``) when ``accel`` is True, or None and the
+    model is on the CPU (False: the plain model, as export needs); ``compile=True`` then compiles its inference
+    path with a fallback to eager (``compile_inference``).
 
     ``checkpoint`` may be a densekit/mmengine checkpoint, a whole mmsegmentation or HuggingFace UperNet
     checkpoint (converted on load, see ``densekit.convert.segmentor``), or for RPN configs an mmdetection or
@@ -42,6 +46,7 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     model.cfg = cfg
     model.dataset_meta = meta or _dataset_meta(cfg)
     model = model.to(device).eval()
+    optimize(model, enabled=accel if accel is not None else torch.device(device).type == "cpu")
     if compile:
         compile_inference(model)
     return model

@@ -56,10 +56,11 @@ class ExportWrapper(nn.Module):
 
 
 def load_segmentor(config: str, checkpoint: str, cfg_options: dict | None = None) -> ExportWrapper:
-    """The config's model with ``checkpoint`` loaded (``init_model``), wrapped for export, in eval mode."""
+    """The config's model with ``checkpoint`` loaded (``init_model``), wrapped for export, in eval mode: the plain
+    network, without densekit's CPU fast paths (the graph must hold the public ops)."""
     from .api import init_model
 
-    model = init_model(config, checkpoint, device="cpu", cfg_options=cfg_options)
+    model = init_model(config, checkpoint, device="cpu", cfg_options=cfg_options, accel=False)
     test_cfg = getattr(model, "test_cfg", None) or {}
     if test_cfg.get("mode", "whole") != "whole" or test_cfg.get("tta"):
         print(f"note: {config} infers with test_cfg {model.test_cfg}; the graph is the whole-image forward")

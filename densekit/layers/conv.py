@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .winograd import use_winograd, winograd_conv3x3
-
 NORMS = ("BN", "SyncBN")
 
 
@@ -94,9 +92,12 @@ class ConvModule(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``. 3x3 convolutions on the CPU in fp32 run by Winograd
-        F(2x2, 3x3) (``densekit.layers.winograd``: 2.25x fewer multiplies, same result up to rounding)."""
-        x = winograd_conv3x3(x, self.conv.weight, self.conv.bias) if use_winograd(x, self.conv) else self.conv(x)
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``. (``densekit.accel.winograd`` runs large 3x3 convolutions
+        on the CPU by Winograd's F(2x2, 3x3).)"""
+        return self.norm_act(self.conv(x))
+
+    def norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm and activation after the convolution, each when present: ``(B, C_out, H', W')`` -> same."""
         if self.bn is not None:
             x = self.bn(x)
         if self.activate is not None:

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_linear import linear
 from .tracing import is_tracing
 
 
@@ -14,12 +13,7 @@ class PatchEmbed(nn.Module):
 
     Inputs whose sides are not multiples of ``patch`` are zero-padded on the right and bottom,
     as mmsegmentation and HuggingFace do, so the output has ``ceil(H/patch) x ceil(W/patch)`` tokens.
-
-    On CPU the convolution runs as what it is, a matrix product of the unfolded patches with the flattened
-    kernel: one copy of the (3-channel) input and one GEMM that writes the tokens channels-last, where
-    oneDNN's stride-``patch`` convolution writes NCHW and the LayerNorm then transposes it (Swin-T at 512x512:
-    ~2-4 ms instead of ~8-11 ms, measured). Elsewhere, and in a traced graph, the convolution itself (the
-    reference path; tests/layers/test_patch.py holds the two equal).
+    (``densekit.accel.swin`` runs ``project`` as one GEMM of the unfolded patches on the CPU.)
 
     Args:
         in_chans: input channels.
@@ -36,28 +30,21 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), C)``."""
-        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:  # the unfolded path would fail in a matmul
+        return self.norm(self.project(self.pad(x)))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, in_chans, H', W')``, zero-padded to multiples of the patch."""
+        if x.dim() != 4 or x.shape[1] != self.proj.in_channels:  # named here, not deep inside a kernel
             raise ValueError(f"PatchEmbed expects (B, {self.proj.in_channels}, H, W), got {tuple(x.shape)}")
         p = self.patch_size
         pad_h, pad_w = (-x.shape[2]) % p, (-x.shape[3]) % p
-        tracing = is_tracing()
-        if tracing or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch
+        if is_tracing() or pad_h or pad_w:  # unconditional in a recorded graph: any size, not this one's branch
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        if x.device.type != "cpu" or tracing:
-            return self.norm(self.project_conv(x))
-        return self.norm(self.project_unfolded(x))
+        return x
 
-    def project_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference projection: ``(B, in_chans, H, W)``, sides multiples of ``patch`` -> ``(B, H/p, W/p, C)``."""
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch convolution: ``(B, in_chans, H, W)``, sides multiples of ``patch`` -> ``(B, H/p, W/p, C)``."""
         return self.proj(x).permute(0, 2, 3, 1)
-
-    def project_unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        """The same projection as a matrix product of the unfolded patches with the flattened kernel."""
-        b, c, h, w = x.shape
-        p = self.patch_size
-        # (B, C, H/p, p, W/p, p) -> (B, H/p, W/p, C, p, p): each row one patch in the kernel's (C, kh, kw) order
-        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, h // p, w // p, c * p * p)
-        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class PatchMerging(nn.Module):
@@ -78,13 +65,17 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
+        return self.reduction(self.norm(self.neighbours(x)))
+
+    @staticmethod
+    def neighbours(x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``: each 2x2 neighbourhood's channels side by side."""
         b, h, w, c = x.shape
         if is_tracing() or h % 2 or w % 2:  # unconditional in a recorded graph (see PatchEmbed)
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
             h, w = h + h % 2, w + w % 2
         # (B, H/2, row, W/2, col, C) -> (B, H/2, W/2, col, row, C): col-major neighbours = [x0, x1, x2, x3]
-        x = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        return linear(self.norm(x), self.reduction)  # oneDNN's kernel in CPU inference (fused_linear)
+        return x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
 
 
 def tokens_to_pixels(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -124,7 +115,7 @@ class PatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, 2H, 2W, C/2)``."""
-        return self.norm(tokens_to_pixels(linear(x, self.expand), 2))
+        return self.norm(tokens_to_pixels(self.expand(x), 2))
 
 
 class FinalPatchExpand(nn.Module):
@@ -144,4 +135,4 @@ class FinalPatchExpand(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, s*H, s*W, C)``."""
-        return self.norm(tokens_to_pixels(linear(x, self.expand), self.scale))
+        return self.norm(tokens_to_pixels(self.expand(x), self.scale))

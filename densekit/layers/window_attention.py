@@ -1,20 +1,18 @@
-"""Window multi-head self-attention with a relative position bias (Swin), fast and reference paths.
+"""Window multi-head self-attention with a relative position bias (Swin): the SDPA path and the reference path.
 
 Both paths take a block's normalised, unpadded ``(B, H, W, C)`` map and return ``(B, H, W, C)``; padding to
 window multiples (zeros after the norm, as official Swin, mmsegmentation and HF do) and the cyclic shift
 happen inside.
 
-Fast path (``'sdpa'``): one row gather (``F.embedding`` with a cached index) takes the tokens straight into
-the padded, shifted, window-partitioned order, so padding, ``torch.roll`` and the partition permute are one
-copy instead of three; q, k and v are strided views of the qkv projection (PyTorch's CPU flash kernel reads
-them in place and writes its output token-major, so no head permute either); one
+SDPA path (``'sdpa'``, any device): one row gather (``F.embedding`` with a cached index) takes the tokens
+straight into the padded, shifted, window-partitioned order, so padding, ``torch.roll`` and the partition
+permute are one copy instead of three; q, k and v are strided views of the qkv projection (PyTorch's flash
+kernels read them in place and write their output token-major, so no head permute either); one
 ``F.scaled_dot_product_attention`` call per block uses the relative bias and the shift mask folded into one
-cached additive mask; a second gather undoes the order and drops the padded tokens, so the output projection
-runs on real tokens only. The folded mask is cached per (padded size, window, shift, batch, dtype, device)
-whenever the bias table cannot change under us (no autograd on it); during training only the cheap bias
-gather is redone each step. For CPU inference ``residual_tiled`` runs the same steps, plus the block's norm and
-the output projection with its residual add, over tiles of whole windows, so no step writes a whole-map
-intermediate.
+additive mask; a second gather undoes the order and drops the padded tokens, so the output projection runs on
+real tokens only. What depends on the geometry alone (the gather index, the shift mask, the bias index) is
+cached per size and device; the bias gather is redone at each call. The CPU inference fast path built on
+these steps (tiles of windows, oneDNN fused projections, a folded-mask cache) is ``densekit.accel.swin``.
 
 Reference path (``'reference'``, and whenever a graph is traced or compiled): the official Swin's pad, roll,
 partition and per-window matmul-softmax-matmul, kept for tests and export.
@@ -58,7 +56,7 @@ def _shift_region_mask(height: int, width: int, window: int, shift: int, device:
 @lru_cache(maxsize=64)
 def _cached_shift_region_mask(height: int, width: int, window: int, shift: int,
                               device: torch.device) -> torch.Tensor:
-    with _plain_tensors():
+    with plain_tensors():
         return _build_shift_region_mask(height, width, window, shift, device)
 
 
@@ -79,11 +77,11 @@ def _build_shift_region_mask(height: int, width: int, window: int, shift: int, d
 @lru_cache(maxsize=32)
 def _cached_index(window: int, device: torch.device) -> torch.Tensor:
     # Recomputable, so never a buffer in the state dict (DESIGN.md §3); built once per device.
-    with _plain_tensors():
+    with plain_tensors():
         return relative_position_index(window).to(device)
 
 
-def _plain_tensors() -> contextlib.ExitStack:
+def plain_tensors() -> contextlib.ExitStack:
     """Context for tensors that are cached across calls: built under ``torch.inference_mode()`` they
     would be inference tensors, which a later training step cannot save for backward."""
     stack = contextlib.ExitStack()
@@ -152,7 +150,7 @@ class WindowOrder(NamedTuple):
 @lru_cache(maxsize=128)
 def window_order(height: int, width: int, window: int, shift: int, batch: int, device: torch.device) -> WindowOrder:
     """The ``WindowOrder`` of a ``batch x height x width`` map, built once per geometry and device."""
-    with _plain_tensors():
+    with plain_tensors():
         hp, wp = -(-height // window) * window, -(-width // window) * window
         rows = (torch.arange(hp) + shift) % hp  # rolled row r holds padded row (r + shift) % Hp
         cols = (torch.arange(wp) + shift) % wp
@@ -182,7 +180,7 @@ class WindowAttention(nn.Module):
         qkv_bias: bias on the fused q, k, v projection.
         attn_drop: dropout on attention weights (training only).
         proj_drop: dropout after the output projection.
-        attn_impl: ``'sdpa'`` (fast path) or ``'reference'`` (per-window matmuls, for tests).
+        attn_impl: ``'sdpa'`` (one SDPA call per block) or ``'reference'`` (per-window matmuls, official Swin).
     """
 
     def __init__(
@@ -210,7 +208,6 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     def relative_bias(self, window: int) -> torch.Tensor:
         """Bias ``(nH, N, N)`` for a ``window x window`` window, ``N = window^2``.
@@ -226,30 +223,13 @@ class WindowAttention(nn.Module):
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
                     dtype: torch.dtype) -> torch.Tensor:
-        """Relative bias plus shift mask in ``dtype``, cached when safe: ``(1, nH, N, N)`` for regular windows
-        (the same for every window), ``(batch*nW, nH, N, N)`` for shifted ones (windows in ``partition_windows``
-        order over a ``height x width`` padded grid, repeated per image).
+        """Relative bias plus shift mask in ``dtype``: ``(1, nH, N, N)`` for regular windows (the same for every
+        window), ``(batch*nW, nH, N, N)`` for shifted ones (windows in ``partition_windows`` order over a
+        ``height x width`` padded grid, repeated per image). Built from the bias table at each call, so it
+        follows every update of the table and carries its gradient.
 
         4-D on purpose: PyTorch's CPU flash-attention kernel broadcasts 4-D masks over size-1 dims but sends a
         3-D mask to the slower math path."""
-        table = self.relative_position_bias_table
-        # Never while a graph is recorded: the key reads the table's data pointer, which traced tensors lack.
-        # Nor for a table made under torch.inference_mode(): it has no version counter to notice updates by.
-        cacheable = (not (torch.is_grad_enabled() and table.requires_grad) and not is_tracing()
-                     and not table.is_inference())
-        batch = batch if shift else 1
-        if not cacheable:
-            return self._fold(height, width, window, shift, batch, dtype)
-        key = (height, width, window, shift, batch, dtype, table.device, table._version, table.data_ptr())
-        if key not in self._mask_cache:
-            if len(self._mask_cache) >= 8:  # many input sizes: keep memory bounded
-                self._mask_cache.clear()
-            with _plain_tensors():
-                self._mask_cache[key] = self._fold(height, width, window, shift, batch, dtype)
-        return self._mask_cache[key]
-
-    def _fold(self, height: int, width: int, window: int, shift: int, batch: int,
-              dtype: torch.dtype) -> torch.Tensor:
         bias = self.relative_bias(window).unsqueeze(0)  # (1, nH, N, N)
         if shift:
             bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
@@ -271,18 +251,20 @@ class WindowAttention(nn.Module):
             return self._forward_reference(x, window, shift)
         return self.proj_drop(self.proj(self.attend(x, window, shift)))
 
-    def attend(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
-        """The fast path's attention output before the output projection (``forward`` minus ``proj``);
-        ``(B, H, W, C)`` -> ``(B, H, W, C)``. ``SwinBlock`` fuses the projection with its residual add."""
-        from .fused_linear import linear
+    def project_qkv(self, rows: torch.Tensor) -> torch.Tensor:
+        """The q, k, v projection of ``(..., C)`` rows -> ``(..., 3C)``."""
+        return self.qkv(rows)
 
+    def attend(self, x: torch.Tensor, window: int, shift: int) -> torch.Tensor:
+        """The SDPA path's attention output before the output projection (``forward`` minus ``proj``);
+        ``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         b, h, w, c = x.shape
         order = window_order(h, w, window, shift, b, x.device)
         pads = order.pads
         if self._project_first(order, c):
             # Much padding on a wide stage: project only the real tokens and gather the 3C-wide rows; a padded
             # (zero) token projects to the qkv bias, which is what its rows get.
-            qkv = F.embedding(order.gather, linear(x.reshape(-1, c), self.qkv))
+            qkv = F.embedding(order.gather, self.project_qkv(x.reshape(-1, c)))
             bias = self.qkv.bias
             if bias is None:
                 qkv.index_fill_(0, pads, 0.0)
@@ -292,47 +274,9 @@ class WindowAttention(nn.Module):
             windows = F.embedding(order.gather, x.reshape(-1, c))  # (B*nW*N, C), one copy
             if pads is not None:
                 windows.index_fill_(0, pads, 0.0)  # a fresh tensor: in place, no copy
-            qkv = linear(windows, self.qkv)
+            qkv = self.project_qkv(windows)
         out = self._attend_windows(qkv, self._mask_of(h, w, window, shift, b), 0)
         return F.embedding(order.scatter, out).view(b, h, w, c)
-
-    def residual_tiled(self, x: torch.Tensor, norm: nn.Module, window: int, shift: int) -> torch.Tensor:
-        """``x + proj(attention(norm(x)))`` for CPU inference, computed tile by tile.
-
-        A tile is a run of whole windows, ``chunk_rows(3C)`` rows at most: its raw rows are gathered straight
-        from ``x``, normalised, projected, attended, projected back with the residual added, and copied to
-        their token rows of the output; every intermediate is one tile big and stays in cache (at Swin-T's
-        stride-4 stage the whole-map version writes ~50 MB of intermediates per block, page-faulted afresh).
-        The output has one spare row that takes the padding rows. Maps whose padding is better projected
-        first (see ``attend``) take ``attend`` whole instead.
-
-        Args:
-            x: ``(B, H, W, C)`` block input (not normalised).
-            norm: the block's pre-attention LayerNorm.
-            window, shift: as in ``forward``.
-
-        Returns:
-            ``(B, H, W, C)``, a fresh tensor. ``SwinBlock.forward``'s training path is the reference.
-        """
-        from .fused_linear import chunk_rows, linear
-
-        b, h, w, c = x.shape
-        order = window_order(h, w, window, shift, b, x.device)
-        if self._project_first(order, c):
-            return linear(self.attend(norm(x), window, shift), self.proj, residual=x)
-        rows = x.reshape(-1, c)
-        out = x.new_empty(b * h * w + 1, c)
-        fold = self._mask_of(h, w, window, shift, b)
-        n = window * window
-        step = n * max(1, chunk_rows(3 * c) // n)
-        for i in range(0, order.gather.numel(), step):
-            raw = F.embedding(order.gather[i:i + step], rows)
-            normed = norm(raw)
-            if order.is_pad is not None:
-                normed.masked_fill_(order.is_pad[i:i + step, None], 0.0)  # zeros after the norm, as in attend
-            attended = self._attend_windows(linear(normed, self.qkv), fold, i // n)
-            out.index_copy_(0, order.dest[i:i + step], linear(attended, self.proj, residual=raw))
-        return out[:-1].view(b, h, w, c)
 
     def _project_first(self, order: WindowOrder, channels: int) -> bool:
         return order.pads is not None and order.pads.numel() * channels > PROJECT_FIRST * order.gather.numel()

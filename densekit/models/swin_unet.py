@@ -27,7 +27,6 @@ from torch import nn
 
 from ..backbones import SwinTransformer, create_backbone
 from ..heads.swin_unet_decoder import SwinUnetDecoder
-from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..registry import MODELS
 from ..structures import SegDataSample
 from .base_segmentor import BaseSegmentor, check_test_cfg, stack_labels
@@ -176,16 +175,9 @@ class SwinUnet(BaseSegmentor):
             inputs = inputs.expand(-1, 3, -1, -1)
         if inputs.shape[1] != encoder.in_chans:
             raise ValueError(f"expected {encoder.in_chans} input channels, got {tuple(inputs.shape)}")
-        x = encoder.patch_embed(inputs)
-        if encoder.absolute_pos_embed is not None:
-            grid = (x.shape[1], x.shape[2])
-            x = x + resize_abs_pos_embed(encoder.absolute_pos_embed, grid, encoder.pretrain_grid).view(1, *grid, -1)
-        x = encoder.pos_drop(x)
-        skips = []
-        for stage in encoder.stages:
-            skips.append(x)  # the official skip is each stage's input, before its blocks
-            _, x = stage(x)
-        return self.norm(x), skips
+        maps = encoder.forward_stages(inputs)
+        # The official skips are the stages' inputs, before their blocks; the last stage has no patch merging.
+        return self.norm(maps[-1][1]), [stage_input for stage_input, _ in maps]
 
     def encode_decode(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` at the input size."""

@@ -1,12 +1,15 @@
-"""densekit's Swin: agreement with HuggingFace and timm, fast vs reference attention, any size, options."""
+"""densekit's Swin: agreement with HuggingFace (plain and optimized), SDPA vs reference attention, any size, options.
+The CPU fast paths against the network's own are tested in tests/accel/test_swin_accel.py."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 import densekit
-from densekit.backbones.swin import SwinBlock, SwinTransformer
-from densekit.layers import fused_linear
+from densekit.accel import optimize
+from densekit.backbones.swin import SwinTransformer
 from densekit.layers.window_attention import WindowAttention
 
 SIZES = [(512, 512), (500, 375)]
@@ -61,9 +64,11 @@ def swin_pair():
     return ours, theirs
 
 
+@pytest.mark.parametrize("accel", [False, True], ids=["plain", "optimized"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_matches_huggingface_swin_backbone(swin_pair, size):
+def test_matches_huggingface_swin_backbone(swin_pair, size, accel):
     ours, theirs = swin_pair
+    ours = optimize(copy.deepcopy(ours), accel)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = theirs(x).feature_maps
@@ -106,48 +111,17 @@ def test_sdpa_equals_reference_forward_and_backward(size):
     assert table_grad.abs().sum() > 0  # the bias learns through the folded mask
 
 
-def test_sdpa_equals_reference_in_eval_with_cache():
+def test_sdpa_equals_reference_in_eval():
     fast, ref = _pair()
     fast.eval(), ref.eval()
     x = torch.randn(1, 3, 90, 130)
     with torch.no_grad():
         first = fast(x)
-        attn = fast.stages[0].blocks[1].attn
-        cached = dict(attn._mask_cache)
         second = fast(x)
         expected = ref(x)
-    assert len(cached) == 1 and next(iter(cached.values())) is next(iter(attn._mask_cache.values()))
     for a, b, c in zip(first, second, expected):
         assert torch.equal(a, b)
         assert (a - c).abs().max().item() < 1e-5
-
-
-@pytest.mark.parametrize("chunk_values", [1, 1000, 1 << 30])
-def test_block_inference_chunks_equal_the_training_path(chunk_values, monkeypatch):
-    """The fused CPU inference path (window tiles, MLP row chunks added in place) at several chunk sizes
-    against the same block's plain path (grad mode)."""
-    monkeypatch.setattr(fused_linear, "CHUNK_VALUES", chunk_values)
-    torch.manual_seed(0)
-    block = SwinBlock(32, 2, 7, shift=True).eval()
-    x = torch.randn(2, 10, 23, 32)
-    expected = block(x)  # grad mode: the plain path
-    with torch.no_grad():
-        assert fused_linear.fused_linear_available(x)
-        got = block(x)
-    assert not torch.equal(got, x)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_mask_cache_follows_weight_updates():
-    fast, _ = _pair()
-    fast.eval()
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        before = fast(x)[0]
-        table = fast.stages[0].blocks[0].attn.relative_position_bias_table
-        table.add_(torch.randn_like(table))  # a constant would cancel in the softmax
-        after = fast(x)[0]
-    assert not torch.allclose(before, after)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 9), (32, 32), (33, 47), (224, 97)])
@@ -251,8 +225,9 @@ def test_in_chans_and_ape():
         model(torch.randn(1, 3, 64, 64))
 
 
-def test_bf16_autocast_close_to_fp32():
-    model = densekit.create_backbone("swin_t").eval()
+@pytest.mark.parametrize("accel", [False, True], ids=["plain", "optimized"])
+def test_bf16_autocast_close_to_fp32(accel):
+    model = optimize(densekit.create_backbone("swin_t").eval(), accel)
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         ref = model(x)
@@ -280,8 +255,8 @@ def test_inference_mode_then_training():
 
 
 def test_model_built_under_inference_mode():
-    """Parameters made under torch.inference_mode() have no version counter: nothing is cached on them (packed
-    weights, folded masks), and in-place updates made there still show."""
+    """A model built and updated under torch.inference_mode() computes what a plain one does (the optimized model's
+    caches are tested in tests/accel/test_swin_accel.py)."""
     torch.manual_seed(0)
     reference = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
     x = torch.randn(1, 3, 64, 80)
@@ -301,4 +276,3 @@ def test_model_built_under_inference_mode():
     assert max((a - b).abs().max().item() for a, b in zip(got, expected)) < 1e-5
     assert max((a - b).abs().max().item() for a, b in zip(updated, expected_updated)) < 1e-5
     assert not torch.allclose(updated[0], got[0])
-    assert attn.qkv not in fused_linear._PACKED and not attn._mask_cache

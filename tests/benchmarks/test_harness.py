@@ -175,16 +175,17 @@ def test_gemm_rate_and_model_flops():
 
 
 def test_model_flops_counts_the_fused_cpu_inference_path():
-    """Under inference mode densekit's Swin runs oneDNN fused linears (plain and with a residual add) and CPU
-    flash attention, ops torch's counter does not know: they count as the autograd path's matmuls do."""
+    """Under inference mode densekit's optimized Swin runs oneDNN fused linears (plain and with a residual add) and
+    CPU flash attention, ops torch's counter does not know: they count as the autograd path's matmuls do."""
+    from densekit.accel import optimize
+    from densekit.accel.fused_linear import cpu_inference
     from densekit.backbones.swin import SwinTransformer
-    from densekit.layers.fused_linear import fused_linear_available
 
-    model = SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
+    model = optimize(SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval())
     x = torch.randn(1, 3, 112, 112)  # every stage a window multiple: both paths do the same work
     reference = benchmark.model_flops(lambda: model(x))  # autograd on: the reference path, aten matmuls
     with torch.inference_mode():
-        assert fused_linear_available(x)
+        assert cpu_inference(x)
         fused = benchmark.model_flops(lambda: model(x))
     assert fused == reference
     patch_embed = 2 * 28 * 28 * 16 * 3 * 4 * 4

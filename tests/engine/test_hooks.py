@@ -1,6 +1,8 @@
 """NonFiniteLossHook: the first NaN loss stops training, names iteration and term, keeps the last good checkpoint."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -8,9 +10,11 @@ from mmengine.dataset import BaseDataset
 from mmengine.model import BaseModel
 from torch import nn
 
+from densekit.accel import fused_linear, is_optimized
 from densekit.apis import build_runner, train
-from densekit.engine.hooks import CpuMemoryHook, NonFiniteLossError
-from densekit.layers import fused_linear
+from densekit.engine.config_check import ConfigError
+from densekit.engine.hooks import AccelHook, NonFiniteLossError
+from densekit.layers.conv import ConvModule
 from densekit.registry import DATASETS, MODELS
 
 
@@ -72,14 +76,37 @@ def test_cpu_training_logs_show_resident_memory(tmp_path):
     assert "rss_mb: " in line
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
-def test_cpu_memory_hook_drops_validation_packed_weights():
+@pytest.mark.skipif(not fused_linear.fused_ops_work(torch.float32), reason="no working oneDNN linear ops")
+def test_accel_hook_drops_validation_packed_weights():
     layer = nn.Linear(8, 4)
     with torch.no_grad():  # CPU inference, as in validation: the weight gets packed
         fused_linear.linear(torch.randn(2, 8), layer)
     assert layer in fused_linear._PACKED
-    CpuMemoryHook().after_val_epoch(runner=None, metrics={})
+    AccelHook().after_val_epoch(runner=None, metrics={})
     assert layer not in fused_linear._PACKED
+
+
+def test_accel_hook_optimizes_the_unwrapped_model_before_the_run():
+    model = ConvModule(4, 4, 3, padding=1)
+    AccelHook().before_run(SimpleNamespace(model=model))
+    assert is_optimized(model)
+
+
+@pytest.mark.parametrize(("key", "argument", "added"), [(None, None, False), (True, None, True), (False, None, False),
+                                                         (True, False, False), (None, True, True)])
+def test_build_runner_adds_the_accel_hook_when_asked(tmp_path, key, argument, added):
+    cfg = _config(nan_at=100)
+    if key is not None:
+        cfg.accel = key
+    runner = build_runner(cfg, work_dir=str(tmp_path), accel=argument)
+    assert ("AccelHook" in [type(h).__name__ for h in runner.hooks]) is added
+
+
+def test_accel_key_must_be_a_bool(tmp_path):
+    cfg = _config(nan_at=100)
+    cfg.accel = "yes"
+    with pytest.raises(ConfigError, match="'accel' must be True or False, got 'yes'"):
+        build_runner(cfg, work_dir=str(tmp_path))
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,10 +1,11 @@
-"""Window attention's fast path (row gathers, strided SDPA, both projection orders) against the reference."""
+"""Window attention's SDPA path (row gathers, strided SDPA, both projection orders) against the reference; the
+CPU fast path (tiles of windows) is tested in tests/accel/test_swin_accel.py."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from densekit.layers import fused_linear, window_attention
+from densekit.layers import window_attention
 from densekit.layers.window_attention import WindowAttention, pad_and_shift, partition_windows, window_order
 
 
@@ -28,39 +29,6 @@ def test_window_order_is_pad_shift_partition(size, shift):
     spare[order.dest] = got  # dest inverts the order too, padding rows into the spare row
     assert torch.equal(spare[:-1], tokens.reshape(-1))
     assert spare[-1].item() == (-1 if order.pads is None else 0)
-
-
-@pytest.mark.parametrize("shift", [0, 3])
-@pytest.mark.parametrize(("dim", "size", "chunk_values"), [
-    (16, (9, 10), 3 * 16 * 49),  # one window a tile, padding
-    (16, (14, 21), 3 * 16 * 49 * 4),  # four windows a tile, the last tile short, no padding
-    (16, (9, 10), 1 << 30),  # one tile
-    (64, (9, 10), 1),  # much padding on a wide map: the projected-first path
-])
-def test_residual_tiled_equals_the_training_path(dim, size, chunk_values, shift, monkeypatch):
-    """CPU inference's tiles (gather, norm, qkv, attention, projection + residual, copy back) against
-    ``x + proj(attention(norm(x)))`` in grad mode, where nothing is tiled or fused."""
-    monkeypatch.setattr(fused_linear, "CHUNK_VALUES", chunk_values)
-    torch.manual_seed(0)
-    attn = WindowAttention(dim, 2, 7).eval()
-    torch.nn.init.normal_(attn.qkv.bias)
-    norm = torch.nn.LayerNorm(dim)
-    torch.nn.init.normal_(norm.bias)  # padding is zeroed after the norm: a bias would show through
-    x = torch.randn(2, *size, dim)
-    expected = x + attn.proj(attn.attend(norm(x), 7, shift))
-    calls = []
-    real_attend = WindowAttention._attend_windows
-    monkeypatch.setattr(WindowAttention, "_attend_windows", lambda self, *a: calls.append(a[-1]) or
-                        real_attend(self, *a))
-    with torch.no_grad():
-        assert fused_linear.fused_linear_available(x)
-        got = attn.residual_tiled(x, norm, 7, shift)
-    n_windows = 2 * -(-size[0] // 7) * -(-size[1] // 7)
-    tile = max(1, chunk_values // (3 * dim) // 49)
-    project_first = dim == 64
-    assert calls == ([0] if project_first else list(range(0, n_windows, tile)))
-    assert got.shape == x.shape
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False])

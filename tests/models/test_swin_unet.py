@@ -1,6 +1,7 @@
 """SwinUnet: patch expansion layout, any input size, in_chans 1 or 3, the mirrored decoder, losses, predictions.
 
-Agreement with the official network (logits at 224x224) is tested in tests/convert/test_convert_swin_unet.py.
+Agreement with the official network (logits at 224x224) is tested in tests/convert/test_convert_swin_unet.py, the
+CPU fast paths (densekit.accel) against the network's own in tests/accel/test_swin_accel.py.
 The full Swin-Unet-T is built once (for the sizes the issue names); everything else uses a slim model.
 """
 from __future__ import annotations
@@ -11,10 +12,9 @@ import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
-from torch import nn
 
+from densekit.backbones.swin import SwinStage
 from densekit.convert.segmentor import load_segmentor_checkpoint
-from densekit.layers import fused_linear
 from densekit.layers.patch import FinalPatchExpand, PatchExpand, tokens_to_pixels
 from densekit.models import SwinUnet, SwinUnetDiceLoss
 from densekit.registry import MODELS
@@ -97,39 +97,6 @@ def test_sdpa_and_reference_attention_agree():
         assert torch.allclose(fast(x), reference(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_values", [None, 16 * 16 * 7])  # default: one chunk; else 7 tokens, a short last one
-def test_tiled_classifier_equals_expand_then_conv(monkeypatch, chunk_values):
-    """CPU inference classifies chunks of tokens (``classify_tiled``); the reference expands the whole map, then
-    normalises and convolves it."""
-    if chunk_values:
-        monkeypatch.setattr(fused_linear, "CHUNK_VALUES", chunk_values)
-    decoder = slim(num_classes=5).eval().decode_head
-    nn.init.normal_(decoder.up.norm.weight)  # LayerNorm's default affine would hide a dropped one
-    nn.init.normal_(decoder.up.norm.bias)
-    x = torch.randn(2, 5, 6, 16)
-    with torch.no_grad():
-        assert fused_linear.fused_linear_available(x)
-        tiled = decoder.classify_tiled(x)
-        reference = decoder.conv_seg(decoder.up(x).permute(0, 3, 1, 2))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            tiled_bf16 = decoder.classify_tiled(x)
-            reference_bf16 = decoder.conv_seg(decoder.up(x).permute(0, 3, 1, 2))
-    assert tiled.shape == reference.shape == (2, 5, 20, 24)
-    assert (tiled - reference).abs().max().item() < 1e-5
-    assert tiled.is_contiguous(memory_format=torch.channels_last)
-    assert tiled_bf16.dtype == reference_bf16.dtype == torch.bfloat16
-    assert (tiled_bf16.float() - reference_bf16.float()).abs().max().item() < 0.05 * reference.abs().max().item()
-
-
-def test_inference_path_equals_training_path():
-    """The whole model without autograd (fused and tiled kernels) against the same model recording autograd."""
-    model = slim().eval()
-    x = torch.randn(2, 1, 100, 75)
-    with torch.no_grad():
-        fast = model(x)
-    assert (fast - model(x).detach()).abs().max().item() < 1e-4
-
-
 # ------------------------------------------------------------------------------------------ decoder
 def test_decoder_mirrors_the_encoder(swin_unet_t):
     """Official: decoder stage k mirrors encoder stage 2-k (depth, heads, stochastic-depth rates)."""
@@ -143,6 +110,18 @@ def test_decoder_mirrors_the_encoder(swin_unet_t):
         assert [getattr(b.drop_path, "drop_prob", 0.0) for b in stage.blocks] == \
             [getattr(b.drop_path, "drop_prob", 0.0) for b in mirrored]
     assert sum(p.numel() for p in swin_unet_t.parameters()) == 27_165_828  # the paper's 27.17M (9 classes)
+
+
+def test_up_stage_reuses_the_swin_stage_with_its_own_keys():
+    """Decoder stages are Swin stages (no patch merging) joined to their skips; state-dict keys and parameter order
+    (what optimizer states in checkpoints are stored by) are those of the official mapping."""
+    stage = slim().decode_head.stages[0]
+    assert isinstance(stage, SwinStage) and stage.downsample is None
+    names = [name for name, _ in stage.named_parameters()]
+    assert names[:2] == ["concat.weight", "concat.bias"]
+    assert names[-3:] == ["upsample.expand.weight", "upsample.norm.weight", "upsample.norm.bias"]
+    assert {name.split(".")[0] for name in names} == {"concat", "blocks", "upsample"}
+    assert any(name.startswith("blocks.1.attn.qkv") for name in names)
 
 
 def test_decoder_depths_are_configurable():

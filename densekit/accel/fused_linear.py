@@ -5,19 +5,22 @@ product on top of it, and a GELU or a residual add after it is one more pass ove
 token-wise layers of a Swin block (qkv, projection, MLP) those passes cost as much as a third of the matrix
 product itself. PyTorch ships fused kernels for exactly this, the oneDNN ``mkldnn::_linear_pointwise`` ops that
 torch.compile's CPU backend emits, but eager modules never call them; ``linear`` does, when that is safe: CPU
-tensors, no autograd recording (the ops have no backward), float32 or bfloat16, PyTorch built with oneDNN and
-no graph being traced or compiled (ONNX export and torch.compile see plain ops). Everything else takes the plain
-path, which tests/layers/test_fused_linear.py holds the fused one to.
+inference (``cpu_inference``: CPU tensors, no autograd recording, as the ops have no backward, float32 or
+bfloat16, no graph being traced or compiled, so ONNX export and torch.compile see plain ops) and the private ops
+present and working (``fused_ops_work``, probed once per dtype). Everything else takes the public path,
+``F.linear`` plus the activation or the residual add, which tests/accel/test_fused_linear.py holds the fused one
+to (and forces, to check the fallback itself).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tracing import is_tracing
+from ..layers.tracing import is_tracing
 
 ACTIVATIONS = (None, "gelu")
 # Row chunks of CPU inference: the widest intermediate of a chunk (qkv rows, the MLP's hidden rows) is at most
@@ -27,22 +30,55 @@ ACTIVATIONS = (None, "gelu")
 # forward. Chunks make the consumer read its input from cache and stay off fresh pages.
 CHUNK_VALUES = 6 << 18
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
+# The row count oneDNN picks the weight layout for; measured alike from 64 to 4096 rows.
+PACK_ROWS_HINT = 1024
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype ``F.linear`` would compute in: the autocast dtype inside a CPU autocast region."""
     return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
 
 
-def fused_linear_available(x: torch.Tensor) -> bool:
-    """Whether ``linear`` takes the fused oneDNN path for input ``x``."""
-    return (x.device.type == "cpu" and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
-            and _compute_dtype(x) in _FUSED_DTYPES and not is_tracing())
+def cpu_inference(x: torch.Tensor) -> bool:
+    """Whether ``x`` flows through CPU inference, where densekit.accel's Swin fast paths apply: a CPU tensor, no
+    autograd recording, float32 or bfloat16 compute and no graph being traced or compiled."""
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and compute_dtype(x) in _FUSED_DTYPES
+            and not is_tracing())
 
 
 def chunk_rows(width: int) -> int:
     """Rows per chunk for an intermediate ``width`` values wide (at least 1)."""
     return max(1, CHUNK_VALUES // width)
+
+
+@functools.cache
+def fused_ops_work(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build has the private oneDNN linear ops and they compute ``F.linear`` in ``dtype``.
+
+    Probed once per dtype (the result is cached): on a tiny layer, weight packing, the plain, GELU and
+    residual-add forms must run and agree with the public ops. A build without oneDNN, a release that renamed
+    the ops or a CPU that lacks the bfloat16 instructions oneDNN needs answers False, and ``linear`` then takes
+    the public path.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias, residual = (torch.randn(*shape, generator=gen).to(dtype) for shape in
+                                 ((3, 16), (8, 16), (8,), (3, 8)))
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    try:
+        # Autocast off: a first call under bfloat16 autocast would otherwise compare float32 ops with bfloat16 ones.
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            ops = torch.ops.mkldnn
+            packed = ops._reorder_linear_weight(weight, PACK_ROWS_HINT)
+            plain = F.linear(x, weight, bias)
+            checks = [(ops._linear_pointwise(x, packed, bias, "none", [], "none"), plain),
+                      (ops._linear_pointwise(x, packed, bias, "gelu", [], "none"), F.gelu(plain)),
+                      (ops._linear_pointwise.binary(x, residual, packed, bias, "add"), residual + plain)]
+            return all(got.shape == ref.shape and torch.allclose(got.float(), ref.float(), atol=tol, rtol=tol)
+                       for got, ref in checks)
+    except (AttributeError, RuntimeError):  # no such op (AttributeError), or it refuses this build / CPU
+        return False
 
 
 # Weights are packed once into oneDNN's blocked layout (``mkldnn._reorder_linear_weight``, as torch.compile's CPU
@@ -54,8 +90,6 @@ def chunk_rows(width: int) -> int:
 # ``clear_packed_weights()``. Parameters created under ``torch.inference_mode()`` have no version counter and
 # are not packed. Cost: one packed copy of each weight (per dtype) while the layer lives.
 _PACKED: weakref.WeakKeyDictionary[nn.Linear, dict] = weakref.WeakKeyDictionary()
-# The row count oneDNN picks the weight layout for; measured alike from 64 to 4096 rows.
-PACK_ROWS_HINT = 1024
 
 
 def clear_packed_weights() -> None:
@@ -81,7 +115,8 @@ def _operands(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch
 
 def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None,
            residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``activation(layer(x))``, or ``residual + layer(x)``.
+    """``activation(layer(x))``, or ``residual + layer(x)``: one fused oneDNN call in CPU inference, the public
+    ops elsewhere.
 
     Args:
         x: ``(..., in_features)``.
@@ -97,12 +132,12 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None,
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if activation is not None and residual is not None:
         raise ValueError("linear fuses an activation or a residual add, not both")
-    if not fused_linear_available(x):
+    dtype = compute_dtype(x)
+    if not (cpu_inference(x) and fused_ops_work(dtype)):
         y = F.linear(x, layer.weight, layer.bias)
         if activation == "gelu":
             y = F.gelu(y)
         return y if residual is None else residual + y
-    dtype = _compute_dtype(x)
     weight, bias = _operands(layer, dtype)
     flat = x.to(dtype).reshape(-1, x.shape[-1])
     out_shape = (*x.shape[:-1], weight.shape[0])

@@ -1,4 +1,5 @@
-"""Winograd F(2x2, 3x3) convolution: forward and all three gradients equal ``F.conv2d``'s (the reference path)."""
+"""Winograd F(2x2, 3x3) convolution: forward and all three gradients equal ``F.conv2d``'s (the reference path), and
+the accelerated ``ConvModule`` equals the plain one."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from densekit.layers import winograd
+from densekit.accel import optimize, winograd
+from densekit.accel.winograd import FastConvModule, use_winograd, winograd_conv3x3
 from densekit.layers.conv import ConvModule
-from densekit.layers.winograd import use_winograd, winograd_conv3x3
 
 
 @pytest.mark.parametrize(("batch", "channels", "out", "height", "width", "band", "bias"), [
@@ -63,20 +64,22 @@ def test_use_winograd_rule(monkeypatch):
     assert not use_winograd(x.double(), conv.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not use_winograd(x, conv)
-    monkeypatch.setattr(winograd, "ENABLED", False)
-    assert not use_winograd(x, conv)
 
 
 def test_conv_module_fast_path_matches_reference_path(monkeypatch):
-    """ConvModule (conv + BN + ReLU) with Winograd vs with ``nn.Conv2d``: outputs and every gradient."""
+    """ConvModule (conv + BN + ReLU) optimized (Winograd) vs plain (``nn.Conv2d``): outputs and every gradient."""
     _train_and_infer_sizes(monkeypatch)
     torch.manual_seed(0)
     original = ConvModule(32, 24, 3, padding=1)
     x = torch.randn(2, 32, 12, 10, requires_grad=True)
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3", lambda *args: calls.append(1) or real(*args))
     results = {}
     for enabled in (True, False):
-        monkeypatch.setattr(winograd, "ENABLED", enabled)
-        module = copy.deepcopy(original)  # the same BatchNorm statistics for both paths
+        module = optimize(copy.deepcopy(original), enabled)  # the same BatchNorm statistics for both paths
+        assert (type(module) is FastConvModule) is enabled
+        calls.clear()
         x.grad = None
         y = module(x)
         y.square().sum().backward()
@@ -85,6 +88,7 @@ def test_conv_module_fast_path_matches_reference_path(monkeypatch):
             inference = module(x)
             module.train()
         results[enabled] = (y, x.grad, module.conv.weight.grad, inference)
+        assert len(calls) == (2 if enabled else 0)  # the training and the inference forward
     for fast, reference in zip(results[True], results[False]):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
 

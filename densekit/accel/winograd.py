@@ -13,24 +13,24 @@ near 200 MiB whatever the layer, in buffers reused by every band. The backward p
 input gradient is the same convolution of the output gradient with the flipped, transposed kernel; the weight
 gradient is ``sum over tiles of dM @ V^T`` in the transform domain, mapped back by ``G``.
 In exact arithmetic all three equal the direct convolution's; in fp32 they differ by rounding (~1e-6
-relative; ``tests/layers/test_winograd.py`` checks forward and backward against ``F.conv2d``).
+relative; ``tests/accel/test_winograd.py`` checks forward and backward against ``F.conv2d``).
 
-``ConvModule`` uses it through ``use_winograd`` (CPU, fp32 outside autocast, not traced, 3x3 / stride 1 /
-padding 1 / no dilation or groups, NCHW input, and layers big enough for it to pay); everything else keeps
-``nn.Conv2d``, which is also the reference path (``ENABLED = False``, or ``DENSEKIT_WINOGRAD=0`` in the
-environment). First derivatives only (no double backward).
+``FastConvModule`` (the accelerated ``ConvModule`` that ``densekit.accel.optimize`` installs) uses it through
+``use_winograd`` (CPU, fp32 outside autocast, not traced, 3x3 / stride 1 / padding 1 / no dilation or groups,
+NCHW input, and layers big enough for it to pay); everything else keeps ``nn.Conv2d``, which is also the
+reference path (the plain ``ConvModule``). First derivatives only (no double backward).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
 
-from .tracing import is_tracing
+from ..layers.conv import ConvModule
+from ..layers.tracing import is_tracing
+from . import register
 
-ENABLED = os.environ.get("DENSEKIT_WINOGRAD", "1") != "0"  # DENSEKIT_WINOGRAD=0: always nn.Conv2d
 BAND_FLOATS = 1 << 24  # 64 MiB of fp32 transformed tiles at a time
 # Where Winograd beats oneDNN's direct convolution (see `use_winograd`).
 MIN_TRAIN_WORK = 512 * 512 * 32 * 32  # C_in * C_out * H * W
@@ -57,7 +57,7 @@ def use_winograd(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     passes dominate small layers): hence ``C_in * C_out * H * W >= MIN_TRAIN_WORK``. oneDNN's direct forward
     is faster than its backward, so inference gains on wide inputs only (batch 1, 128x128: 2048 -> 512 0.69x,
     1024 -> 512 0.74x, 512 -> 512 1.10x)."""
-    if not (ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
             and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and not is_tracing()
             and x.is_contiguous() and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
@@ -191,3 +191,15 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"winograd_conv3x3 needs x (B, C, H, W) and weight (K, C, 3, 3) with the same C, "
                          f"got {tuple(x.shape)} and {tuple(weight.shape)}")
     return _Winograd3x3.apply(x, weight, bias)
+
+
+@register
+class FastConvModule(ConvModule):
+    """``ConvModule`` whose large 3x3 convolutions on the CPU run by Winograd F(2x2, 3x3) (``use_winograd``), in
+    training and inference alike; the plain ``ConvModule`` (``nn.Conv2d``) is the reference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H', W')``."""
+        if not use_winograd(x, self.conv):
+            return super().forward(x)
+        return self.norm_act(winograd_conv3x3(x, self.conv.weight, self.conv.bias))
