@@ -240,7 +240,7 @@ class SwinTransformer(Backbone):
 
         pretrained = local_checkpoint(pretrained, type(self).__name__)
         if pretrained:
-            from ..convert import load_pretrained
+            from .pretrained import load_pretrained
 
             load_pretrained(self, pretrained, bias_resize=bias_resize)
         self.freeze()

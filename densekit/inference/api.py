@@ -34,7 +34,7 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     if checkpoint is not None:
         from mmengine.logging import print_log
 
-        from ..convert.segmentor import load_model_checkpoint
+        from .checkpoint import load_model_checkpoint
 
         report = load_model_checkpoint(model, checkpoint, unsafe_load=unsafe_load)
         print_log(report.summary(), logger="current")

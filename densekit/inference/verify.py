@@ -15,11 +15,15 @@ import os
 import re
 
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
-from ..convert import _adapt_input_conv, convert_swin, detect_layout, read_checkpoint, unwrap
-from ..convert.common import CheckpointError, StateDict
+from ..convert.detect import detect_layout
+from ..convert.io import read_checkpoint, unwrap
 from ..convert.official_swin import densekit_to_official
+from ..convert.report import CheckpointError
+from ..convert.rules import StateDict
+from ..convert.swin import convert_swin
 from ..layers.rel_pos_bias import table_window
 
 # (embed_dim, depths) of densekit's presets -> timm's size names.
@@ -75,7 +79,7 @@ def reference_state_dict(src: str | os.PathLike, model: nn.Module) -> StateDict:
             state_dict[key] = ours[re.sub(r"^layers\.", "stages.", key)]
     weight = state_dict.get("patch_embed.proj.weight")
     if weight is not None and weight.shape[1] != model.in_chans:
-        state_dict["patch_embed.proj.weight"] = _adapt_input_conv(model.in_chans, weight)
+        state_dict["patch_embed.proj.weight"] = adapt_input_conv(model.in_chans, weight)
     return state_dict
 
 

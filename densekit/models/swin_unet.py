@@ -139,7 +139,7 @@ class SwinUnet(BaseModel):
         self.num_classes = self.decode_head.num_classes
         self.pretrained_report = None
         if pretrained:
-            from ..convert.swin_unet import load_swin_unet_pretrained
+            from ..backbones.pretrained import load_swin_unet_pretrained
 
             self.pretrained_report = load_swin_unet_pretrained(self, pretrained, bias_resize=bias_resize)
 
