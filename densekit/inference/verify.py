@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import re
 
+import timm
 import torch
 from timm.models import adapt_input_conv
+from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
 
+from ..backbones import create_backbone
 from ..convert.detect import detect_layout
 from ..convert.io import read_checkpoint, unwrap
 from ..convert.official_swin import densekit_to_official
@@ -46,8 +49,6 @@ def build_timm_swin(model: nn.Module) -> tuple[nn.Module, int]:
     The side is ``patch * 2^(stages-1) * window`` (224 for window 7, 384 for window 12), so the
     last stage is exactly one window, as in the released models.
     """
-    import timm
-
     depths = tuple(len(stage.blocks) for stage in model.stages)
     size = TIMM_SIZES.get((model.patch_embed.proj.out_channels, depths))
     if size is None or model.patch_size != 4:
@@ -98,10 +99,6 @@ def verify_conversion(
         VerifyUnsupported: no timm counterpart (other sizes, ``ape``).
         CheckpointError: timm could not take the reference weights.
     """
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    from ..backbones import create_backbone
-
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
     ours = create_backbone(model_name, pretrained=str(dst), out_norm=False, **options).eval()
     if ours.absolute_pos_embed is not None:

@@ -28,6 +28,7 @@ from mmengine.structures import PixelData
 from torch import nn
 
 from ..backbones import SwinTransformer, create_backbone
+from ..backbones.pretrained import load_swin_unet_pretrained
 from ..heads.swin_unet_decoder import SwinUnetDecoder
 from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..registry import MODELS
@@ -108,7 +109,7 @@ class SwinUnet(BaseModel):
             num_heads=(3, 6, 12, 24), window_size=7, in_chans=1, drop_path_rate=0.2, pretrained=None)``
             (the official Swin-Unet-T) or a densekit Swin preset name. ``pretrained``: ImageNet Swin weights in
             any layout densekit reads, mirrored into the decoder as the official ``load_from`` does, or an
-            official Swin-Unet checkpoint (``densekit.convert.swin_unet.load_swin_unet_pretrained``).
+            official Swin-Unet checkpoint (``densekit.backbones.pretrained.load_swin_unet_pretrained``).
         decode_head: ``dict(type='SwinUnetDecoder', num_classes=9, ...)``; arguments left out mirror the
             encoder (``mirrored_decoder_settings``); ``in_channels``, if given, must be the encoder's widths;
             ``loss_decode``: ``SegLoss`` arguments (default 0.4 CE + 0.6 Dice, ignore 255).
@@ -139,8 +140,6 @@ class SwinUnet(BaseModel):
         self.num_classes = self.decode_head.num_classes
         self.pretrained_report = None
         if pretrained:
-            from ..backbones.pretrained import load_swin_unet_pretrained
-
             self.pretrained_report = load_swin_unet_pretrained(self, pretrained, bias_resize=bias_resize)
 
     def _build_decoder(self, cfg: dict) -> tuple[SwinUnetDecoder, SegLoss]:
