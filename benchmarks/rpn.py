@@ -3,7 +3,7 @@ stage (``backbone`` + ``rpn``, no ``roi_heads``) on identical weights.
 
 The weights are torchvision's random ``fasterrcnn_resnet50_fpn`` (BatchNorm statistics and affines randomised,
 the head's two 1x1 convs rescaled, see ``torchvision_faster_rcnn``) converted into
-``configs/rpn_r50_fpn_1x_coco.py`` by ``densekit.convert.detector``. torchvision's ``RegionProposalNetwork`` is
+``configs/rpn_r50_fpn_1x_coco.py`` by ``densekit.inference.checkpoint``. torchvision's ``RegionProposalNetwork`` is
 given densekit's test settings (``match_rpn_settings``). Both take the same already normalised batch: densekit
 ``RPN.predict`` and torchvision ``rpn(ImageList(x), backbone(x))``, so neither normalises nor resizes.
 
@@ -129,11 +129,11 @@ def build_rpn_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     both in eval mode. Raises CheckpointError if the conversion leaves a densekit weight unloaded."""
     from densekit.apis import build_model, load_config
     from densekit.convert import CheckpointError
-    from densekit.convert.detector import load_detector_checkpoint
+    from densekit.inference.checkpoint import load_model_checkpoint
 
     peer = torchvision_faster_rcnn(seed)
     ours = build_model(load_config(str(CONFIG)), pretrained=False).eval()
-    report = load_detector_checkpoint(ours, {"state_dict": peer.state_dict()}, source="torchvision (random)")
+    report = load_model_checkpoint(ours, {"state_dict": peer.state_dict()}, source="torchvision (random)")
     if report.missing:
         raise CheckpointError(f"torchvision weights left densekit weights unloaded: {report.missing[:5]}")
     match_rpn_settings(peer.rpn, ours.rpn_head)
@@ -273,7 +273,7 @@ Weights: torchvision's random init with every BatchNorm's running statistics and
 head's objectness and delta 1x1 convs scaled so their outputs have standard deviations {LOGIT_STD} and
 {DELTA_STD} on a {CALIBRATION_SIZE[0]}x{CALIBRATION_SIZE[1]} random input (as trained RPNs roughly do; raw random
 weights give logits and deltas of +-100, every score 0 or 1 and every box the whole image), converted into
-densekit by `densekit.convert.detector` (torchvision layout, every densekit weight loaded).
+densekit by `densekit.inference.checkpoint` (torchvision layout, every densekit weight loaded).
 
 Settings, densekit's `test_cfg` given to torchvision's `RegionProposalNetwork`:
 

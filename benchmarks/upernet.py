@@ -115,7 +115,7 @@ def build_upernet_pair(seed: int = 0, backbone: str = "swin_t") -> tuple[nn.Modu
     import transformers
     from mmengine.config import Config
 
-    from densekit.convert.hf_upernet import convert_hf_upernet
+    from densekit.convert.hf import convert_hf_upernet
     from densekit.models import EncoderDecoder
 
     if backbone not in UPERNETS:
@@ -345,7 +345,7 @@ def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: di
 What: densekit `EncoderDecoder` built from `{pair.config}` ({pair.densekit_text}; BatchNorm, 150 classes,
 FCN auxiliary head, drop path 0) against `transformers.UperNetForSemanticSegmentation` ({pair.hf_text}, drop
 path 0; UPerHead 512 channels, auxiliary head), holding HF's random weights (seed {config.seed}) converted by
-`densekit.convert.hf_upernet`.{weights_text} The upsampled logits are checked to agree within {AGREEMENT_TOL:g}
+`densekit.convert.hf`.{weights_text} The upsampled logits are checked to agree within {AGREEMENT_TOL:g}
 in fp32 before timing. Inference = logits at the input size (densekit's `mode='tensor'` logits upsampled
 bilinearly, as HF's `forward` does), under `torch.inference_mode()`. Training step = forward with the decode
 and 0.4 x auxiliary cross-entropy losses, backward, `torch.optim.AdamW` step, on random labels; both models

@@ -22,6 +22,7 @@ from ..layers.rel_pos_bias import resize_abs_pos_embed
 from ..layers.window_attention import WindowAttention
 from ..registry import register_backbone
 from .base import Backbone, local_checkpoint
+from .pretrained import load_pretrained
 
 
 class SwinBlock(nn.Module):
@@ -211,8 +212,6 @@ class SwinTransformer(Backbone):
 
         pretrained = local_checkpoint(pretrained, type(self).__name__)
         if pretrained:
-            from ..convert import load_pretrained
-
             load_pretrained(self, pretrained, bias_resize=bias_resize)
         self.freeze()
 

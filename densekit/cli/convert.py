@@ -28,8 +28,8 @@ import sys
 from mmengine.config import DictAction
 
 from densekit.cli.common import add_unsafe_load_argument
-from densekit.convert import BIAS_RESIZE, CheckpointError, convert_file
-from densekit.convert.segmentor import convert_segmentor_file
+from densekit.convert import BIAS_RESIZE, CheckpointError
+from densekit.inference.convert_files import convert_file, convert_segmentor_file
 from densekit.inference.verify import VerifyUnsupported, verify_conversion
 
 TOLERANCE = 1e-4

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import DROP_RULES, LoadReport, Rule, StateDict, Tensors, apply_rules, num_stages
+from .report import LoadReport
+from .rules import DROP_RULES, Rule, StateDict, Tensors, apply_rules, num_stages
 
 # Unfold neighbour k is official neighbour _ORDER[k]; the permutation is its own inverse.
 _ORDER = [0, 2, 1, 3]

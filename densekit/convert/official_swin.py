@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .common import DROP_RULES, LoadReport, Rule, StateDict, Tensors, apply_rules, num_stages
+from .report import LoadReport
+from .rules import DROP_RULES, Rule, StateDict, Tensors, apply_rules, num_stages
 
 OFFICIAL_TO_DENSEKIT: tuple[Rule, ...] = DROP_RULES + (
     Rule(r"^layers\.(\d+)\.", r"stages.\1.", why="stage container"),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .common import DROP_RULES, CheckpointError, LoadReport, Rule, StateDict, Tensors, apply_rules, num_stages
+from .report import CheckpointError, LoadReport
+from .rules import DROP_RULES, Rule, StateDict, Tensors, apply_rules, num_stages
 
 
 def _downsample_to_previous_stage(match: re.Match, context: Mapping[str, object]) -> str:

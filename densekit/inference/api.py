@@ -13,6 +13,7 @@ from ..accel import optimize
 from ..engine.config import load_config
 from ..models.builder import build_model
 from ..registry import DATASETS, TRANSFORMS
+from .checkpoint import load_model_checkpoint
 
 
 def init_model(config: str | Config, checkpoint: str | None = None, device: str = "cpu",
@@ -24,11 +25,11 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     path with a fallback to eager (``compile_inference``).
 
     ``checkpoint`` may be a densekit/mmengine checkpoint, a whole mmsegmentation or HuggingFace UperNet
-    checkpoint (converted on load, see ``densekit.convert.segmentor``), or for RPN configs an mmdetection or
-    torchvision Faster R-CNN checkpoint (``densekit.convert.detector``); keys that do not fit raise
+    checkpoint, an official Swin-Unet checkpoint, or for RPN configs an mmdetection (2.x or 3.x) or torchvision
+    Faster R-CNN checkpoint, converted on load (``densekit.inference.checkpoint``); keys that do not fit raise
     ``CheckpointError``. The model keeps the config as ``model.cfg``, class names / palette as
     ``model.dataset_meta`` (from the checkpoint, else the config's test dataset) and the
-    ``SegmentorReport`` as ``model.load_report``. A ``.pth`` holding anything but tensors and mmengine's
+    ``LoadReport`` as ``model.load_report``. A ``.pth`` holding anything but tensors and mmengine's
     metadata is refused (``CheckpointError`` naming the types) unless ``unsafe_load=True``.
     """
     cfg = load_config(config, cfg_options)
@@ -37,8 +38,6 @@ def init_model(config: str | Config, checkpoint: str | None = None, device: str 
     model.load_report = None
     if checkpoint is not None:
         from mmengine.logging import print_log
-
-        from ..convert.segmentor import load_model_checkpoint
 
         report = load_model_checkpoint(model, checkpoint, unsafe_load=unsafe_load)
         print_log(report.summary(), logger="current")

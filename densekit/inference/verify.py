@@ -14,12 +14,19 @@ from __future__ import annotations
 import os
 import re
 
+import timm
 import torch
+from timm.models import adapt_input_conv
+from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
 
-from ..convert import _adapt_input_conv, convert_swin, detect_layout, read_checkpoint, unwrap
-from ..convert.common import CheckpointError, StateDict
+from ..backbones import create_backbone
+from ..convert.detect import detect_layout
+from ..convert.io import read_checkpoint, unwrap
 from ..convert.official_swin import densekit_to_official
+from ..convert.report import CheckpointError
+from ..convert.rules import StateDict
+from ..convert.swin import convert_swin
 from ..layers.rel_pos_bias import table_window
 
 # (embed_dim, depths) of densekit's presets -> timm's size names.
@@ -42,8 +49,6 @@ def build_timm_swin(model: nn.Module) -> tuple[nn.Module, int]:
     The side is ``patch * 2^(stages-1) * window`` (224 for window 7, 384 for window 12), so the
     last stage is exactly one window, as in the released models.
     """
-    import timm
-
     depths = tuple(len(stage.blocks) for stage in model.stages)
     size = TIMM_SIZES.get((model.patch_embed.proj.out_channels, depths))
     if size is None or model.patch_size != 4:
@@ -75,7 +80,7 @@ def reference_state_dict(src: str | os.PathLike, model: nn.Module) -> StateDict:
             state_dict[key] = ours[re.sub(r"^layers\.", "stages.", key)]
     weight = state_dict.get("patch_embed.proj.weight")
     if weight is not None and weight.shape[1] != model.in_chans:
-        state_dict["patch_embed.proj.weight"] = _adapt_input_conv(model.in_chans, weight)
+        state_dict["patch_embed.proj.weight"] = adapt_input_conv(model.in_chans, weight)
     return state_dict
 
 
@@ -94,10 +99,6 @@ def verify_conversion(
         VerifyUnsupported: no timm counterpart (other sizes, ``ape``).
         CheckpointError: timm could not take the reference weights.
     """
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    from ..backbones import create_backbone
-
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
     ours = create_backbone(model_name, pretrained=str(dst), out_norm=False, **options).eval()
     if ours.absolute_pos_embed is not None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..backbones import SwinTransformer, create_backbone
+from ..backbones.pretrained import load_swin_unet_pretrained
 from ..heads.swin_unet_decoder import SwinUnetDecoder
 from ..registry import MODELS
 from ..structures import SegDataSample
@@ -108,7 +109,7 @@ class SwinUnet(BaseSegmentor):
             num_heads=(3, 6, 12, 24), window_size=7, in_chans=1, drop_path_rate=0.2, pretrained=None)``
             (the official Swin-Unet-T) or a densekit Swin preset name. ``pretrained``: ImageNet Swin weights in
             any layout densekit reads, mirrored into the decoder as the official ``load_from`` does, or an
-            official Swin-Unet checkpoint (``densekit.convert.swin_unet.load_swin_unet_pretrained``).
+            official Swin-Unet checkpoint (``densekit.backbones.pretrained.load_swin_unet_pretrained``).
         decode_head: ``dict(type='SwinUnetDecoder', num_classes=9, ...)``; arguments left out mirror the
             encoder (``mirrored_decoder_settings``); ``in_channels``, if given, must be the encoder's widths;
             ``loss_decode``: a ``dict(type=...)`` or a list of them (``densekit.models.losses``; default
@@ -144,8 +145,6 @@ class SwinUnet(BaseSegmentor):
         self.num_classes = self.decode_head.num_classes
         self.pretrained_report = None
         if pretrained:
-            from ..convert.swin_unet import load_swin_unet_pretrained
-
             self.pretrained_report = load_swin_unet_pretrained(self, pretrained, bias_resize=bias_resize)
 
     def _build_decoder(self, cfg: dict) -> tuple[SwinUnetDecoder, DecodeLoss]:

@@ -1,134 +1,61 @@
-"""Whole RPN checkpoints: torchvision Faster R-CNN and mmdetection layouts load into densekit's RPN exactly.
-
-Random-init models saved in the source layout (no network): torchvision's ``fasterrcnn_resnet50_fpn`` with
-randomised BatchNorm statistics, and an mmdetection-named copy of a densekit RPN (ResNet-50 and Swin-T).
-"""
+"""RPN key tables (densekit.convert.detect / whole / torchvision / mmdet): layouts told apart and renamed, on
+mmdetection's real 2.x and 3.x names (tests/mmdet_rpn_layout.py) and torchvision's. Loading into a densekit
+RPN, and its outputs against the source's: tests/inference/test_checkpoint_rpn.py."""
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from swin2mmseg_reference import swin2mmseg
+from mmdet_rpn_layout import rpn_r50_fpn_state_dict
 
-from densekit.apis import build_model, init_model, load_config
 from densekit.convert import CheckpointError
-from densekit.convert.detector import detect_detector_layout, load_detector_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-R50_CONFIG = ROOT / "configs" / "rpn_r50_fpn_1x_coco.py"
-SWIN_CONFIG = ROOT / "configs" / "rpn_swin_t_fpn_1x_coco.py"
+from densekit.convert.detect import detect_detector_layout
+from densekit.convert.whole import convert_detector
 
 
-def _fresh(config: Path, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(load_config(str(config)), pretrained=False).eval()
+def _densekit_name(mmdet_key: str) -> str:
+    """Written out independently of the converter: densekit's TimmBackbone holds the ResNet as ``model``, and
+    densekit's RPN head is ``rpn_head`` (mmdet 2.x's name)."""
+    if mmdet_key.startswith("backbone."):
+        return "backbone.model." + mmdet_key[len("backbone."):]
+    if mmdet_key.startswith("bbox_head."):
+        return "rpn_head." + mmdet_key[len("bbox_head."):]
+    return mmdet_key
 
 
-@pytest.fixture(scope="module")
-def torchvision_rcnn() -> torch.nn.Module:
-    """torchvision Faster R-CNN R50-FPN, random weights, BatchNorm statistics and affines moved off (0, 1)."""
-    torch.manual_seed(0)
-    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model
+@pytest.mark.parametrize("head", ["bbox_head", "rpn_head"], ids=["mmdet3", "mmdet2"])
+def test_mmdet_rpn_layouts_are_detected_and_renamed(head):
+    state = rpn_r50_fpn_state_dict(head)
+    assert detect_detector_layout(state) == "mmdet"
+    converted, report = convert_detector(state, backbone="timm")
+    assert (report.kind, report.layout, report.backbone_layout) == ("RPN", "mmdet", "mmdet")
+    assert converted.keys() == {_densekit_name(key) for key in state}
+    assert all(converted[_densekit_name(key)] is value for key, value in state.items())
+    assert dict(report.renamed) == {key: _densekit_name(key) for key in state if _densekit_name(key) != key}
+    assert not report.dropped
 
 
-def _torchvision_head_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[list, list]:
-    """torchvision's backbone + FPN ('0'..'3', 'pool') and RPN head on an already normalised batch."""
-    with torch.no_grad():
-        return model.rpn.head(list(model.backbone(x).values()))
+def test_mmdet3_second_stage_is_dropped_with_its_reason():
+    state = rpn_r50_fpn_state_dict("bbox_head")
+    state["roi_head.bbox_head.fc_cls.weight"] = torch.zeros(81, 1024)
+    _, report = convert_detector(state, backbone="timm")
+    assert report.dropped == [("roi_head.bbox_head.fc_cls.weight", "Faster R-CNN's second stage, not part of an RPN")]
 
 
-@pytest.mark.parametrize("frozen_bn", [False, True], ids=["batchnorm", "frozen-batchnorm"])
-def test_torchvision_faster_rcnn_rpn_loads_and_matches_its_head_outputs(torchvision_rcnn, tmp_path, frozen_bn):
-    state = torchvision_rcnn.state_dict()
-    if frozen_bn:  # pretrained torchvision detectors use FrozenBatchNorm2d: no step counters
-        state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path / "fasterrcnn_resnet50_fpn.pth"
-    torch.save(state, path)
+def test_torchvision_and_densekit_layouts():
+    torchvision_keys = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    state = torchvision_keys.state_dict()
     assert detect_detector_layout(state) == "torchvision"
-    model = _fresh(R50_CONFIG, seed=1)
-    report = load_detector_checkpoint(model, path)
-    assert report.layout == "torchvision" and report.loaded == len(model.state_dict()) - 53 * frozen_bn
-    assert sorted({key.split(".")[0] for key, _ in report.dropped}) == ["roi_heads"]
-    assert {why for _, why in report.missing} <= {"BatchNorm step counter, unused in inference"}
-    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        objectness, deltas = model(x, mode="tensor")
-    tv_objectness, tv_deltas = _torchvision_head_outputs(torchvision_rcnn, x)
-    assert len(objectness) == len(tv_objectness) == 5
-    for ours, theirs in zip(objectness + deltas, tv_objectness + tv_deltas):
-        assert ours.shape == theirs.shape
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    converted, report = convert_detector(state, backbone="timm")
+    assert report.layout == "torchvision" and "rpn_head.rpn_cls.weight" in converted
+    assert {key.split(".")[0] for key, _ in report.dropped} == {"roi_heads"}
+    densekit_state = {_densekit_name(k): v for k, v in rpn_r50_fpn_state_dict("bbox_head").items()}
+    assert detect_detector_layout(densekit_state) == "densekit"
 
 
-def test_convert_tool_writes_a_checkpoint_init_model_loads(torchvision_rcnn, tmp_path):
-    src, dst = tmp_path / "tv.pth", tmp_path / "rpn_r50.pth"
-    torch.save({"model": torchvision_rcnn.state_dict()}, src)  # detectron-style wrapper key
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), str(src), str(dst),
-                             "--config", str(R50_CONFIG)], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert "torchvision RPN" in result.stdout and dst.is_file()
-    model = init_model(str(R50_CONFIG), str(dst))
-    assert model.load_report.layout == "densekit"
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        ours = model(x, mode="tensor")[0][0]
-    torch.testing.assert_close(ours, _torchvision_head_outputs(torchvision_rcnn, x)[0][0], rtol=0, atol=1e-5)
-
-
-def _to_mmdet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """densekit RPN (timm ResNet) -> mmdetection names: ``backbone.model.X`` is mmdet's ``backbone.X``."""
-    return {key.replace("backbone.model.", "backbone.", 1): value for key, value in state.items()}
-
-
-def test_mmdet_rpn_r50_checkpoint_loads_bit_identical(tmp_path):
-    source = _fresh(R50_CONFIG, seed=3)
-    mmdet_state = _to_mmdet(source.state_dict())
-    assert detect_detector_layout(mmdet_state) == "mmdet"
-    path = tmp_path / "rpn_r50_fpn_1x_coco_20200218-5525fa2e.pth"
-    torch.save({"meta": {"mmdet_version": "3.3.0", "dataset_meta": {"classes": ["object"]}},
-                "state_dict": mmdet_state}, path)
-    model = init_model(str(R50_CONFIG), str(path))
-    assert model.load_report.layout == "mmdet" and model.dataset_meta == {"classes": ["object"]}
-    for key, value in source.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
-
-
-def test_mmdet_swin_rpn_checkpoint_converts_the_backbone(official_state_dict, tmp_path):
-    """mmdet's Swin is mmseg's layout (swin2mmseg, norm0..3): converted as segmentor backbones are."""
-    source = _fresh(SWIN_CONFIG, seed=4)
-    # mmdet's SwinTransformer has norm0..3 (one per output) instead of the classifier's final norm.
-    mmdet_state = {k: v for k, v in swin2mmseg(official_state_dict).items() if not k.startswith("backbone.norm.")}
-    for i, channels in enumerate((96, 192, 384, 768)):
-        mmdet_state[f"backbone.norm{i}.weight"] = torch.rand(channels) + 0.5
-        mmdet_state[f"backbone.norm{i}.bias"] = torch.randn(channels)
-    mmdet_state.update({k: v for k, v in source.state_dict().items() if not k.startswith("backbone.")})
-    model = _fresh(SWIN_CONFIG, seed=5)
-    report = load_detector_checkpoint(model, {"state_dict": mmdet_state})
-    assert report.layout == "mmdet" and report.backbone_layout == "mmseg"
-    expected = mmdet_state["backbone.stages.0.blocks.0.attn.w_msa.qkv.weight"]
-    assert torch.equal(model.state_dict()["backbone.stages.0.blocks.0.attn.qkv.weight"], expected)
-    assert torch.equal(model.state_dict()["backbone.out_norms.3.bias"], mmdet_state["backbone.norm3.bias"])
-    assert torch.equal(model.state_dict()["rpn_head.rpn_reg.weight"], source.state_dict()["rpn_head.rpn_reg.weight"])
-
-
-def test_wrong_checkpoints_are_refused_by_name(tmp_path):
-    model = _fresh(R50_CONFIG)
-    segmentor = {"backbone.model.conv1.weight": torch.zeros(1), "decode_head.conv_seg.weight": torch.zeros(1)}
+def test_wrong_checkpoints_are_refused_by_name():
+    t = torch.zeros(1)
     with pytest.raises(CheckpointError, match="a segmentor checkpoint: no rpn_head"):
-        load_detector_checkpoint(model, {"state_dict": segmentor})
-    state = model.state_dict()
-    state["rpn_head.rpn_cls.weight"] = torch.zeros(9, 256, 1, 1)  # 9 anchors per location, config has 3
-    with pytest.raises(CheckpointError, match=r"rpn_head.rpn_cls.weight: checkpoint \(9, 256, 1, 1\)(.|\n)*scales"):
-        load_detector_checkpoint(model, {"state_dict": state})
+        detect_detector_layout({"backbone.model.conv1.weight": t, "decode_head.conv_seg.weight": t})
+    with pytest.raises(CheckpointError, match=r"not an RPN checkpoint.*bbox_head\.rpn_\* \(mmdet 3\.x\)"):
+        detect_detector_layout({"backbone.conv1.weight": t, "bbox_head.retina_cls.weight": t})

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import densekit
-from densekit.convert import convert_file
 from densekit.convert.timm import timm_to_densekit
+from densekit.inference.convert_files import convert_file
 from densekit.inference.verify import verify_conversion
 
 REPO = Path(__file__).resolve().parents[2]

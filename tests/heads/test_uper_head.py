@@ -2,7 +2,7 @@
 
 The parity tests build HF ``UperNetForSemanticSegmentation`` with random weights (BatchNorm statistics,
 LayerNorms, Swin bias tables and ConvNeXt layer scales randomised so that a misplaced tensor shows),
-convert its state dict with ``densekit.convert.hf_upernet`` and compare decode/auxiliary logits before
+convert its state dict with ``densekit.convert.hf`` and compare decode/auxiliary logits before
 HF's final upsampling.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 import densekit
 from densekit.backbones import SwinTransformer
-from densekit.convert.hf_upernet import convert_hf_upernet
+from densekit.convert.hf import convert_hf_upernet
 from densekit.heads import FCNHead, UPerHead
 from densekit.registry import MODELS
 

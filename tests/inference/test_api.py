@@ -10,7 +10,7 @@ import torch
 
 from densekit.apis import build_model, compile_inference, inference_model, init_model, load_config
 from densekit.convert import CheckpointError
-from densekit.convert.segmentor import convert_segmentor_file
+from densekit.inference.convert_files import convert_segmentor_file
 from densekit.structures import SegDataSample
 
 CLASSES = ["background", "road", "car"]

@@ -26,7 +26,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.structures import PixelData
 from torch import nn
 
-from densekit.convert.hf_upernet import convert_hf_upernet
+from densekit.convert.hf import convert_hf_upernet
 from densekit.models import EncoderDecoder
 from densekit.registry import TRANSFORMS
 from densekit.structures import SegDataSample

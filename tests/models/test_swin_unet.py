@@ -14,7 +14,7 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 
 from densekit.backbones.swin import SwinStage
-from densekit.convert.segmentor import load_segmentor_checkpoint
+from densekit.inference.checkpoint import load_model_checkpoint
 from densekit.layers.patch import FinalPatchExpand, PatchExpand, tokens_to_pixels
 from densekit.models import SwinUnet, SwinUnetDiceLoss
 from densekit.registry import MODELS
@@ -223,7 +223,7 @@ def test_slide_and_tta_inference_through_test_cfg():
 
 
 def test_densekit_checkpoint_loads_through_init_models_loader(tmp_path):
-    """``densekit.apis.init_model`` loads whole-model checkpoints with ``load_segmentor_checkpoint``."""
+    """``densekit.apis.init_model`` loads whole-model checkpoints with ``load_model_checkpoint``."""
     model = slim()
     path = tmp_path / "swin_unet.pth"
     torch.save({"meta": {}, "state_dict": model.state_dict()}, path)
@@ -231,7 +231,7 @@ def test_densekit_checkpoint_loads_through_init_models_loader(tmp_path):
     with torch.no_grad():
         for p in other.parameters():
             p.zero_()
-    load_segmentor_checkpoint(other, path)
+    load_model_checkpoint(other, path)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: one random timm Swin-T, its weights in every layout, and files of them.
+"""Session fixtures (a pytest plugin of tests/conftest.py): one random timm Swin-T, its weights in every
+layout, and files of them.
 
 Everything is random-init (no network). Building a Swin-T on CPU costs seconds, so the models and
 files are session-scoped; ``dk_model`` is shared by tests that only load into it (or expect a load
@@ -13,6 +14,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 from swin2mmseg_reference import swin2mmseg
+from swin_unet_reference import T_BACKBONE, OfficialSwinUnet, randomize
 
 import densekit
 
@@ -106,3 +108,26 @@ def mmseg_pth(official_state_dict, ckpt_dir):
 def dk_model() -> torch.nn.Module:
     """A densekit Swin-T with out norms, shared by tests that load into it."""
     return densekit.create_backbone("swin_t").eval()
+
+
+# ------------------------------------------------------------------------------------------- Swin-Unet
+@pytest.fixture(scope="session")
+def official_t() -> OfficialSwinUnet:
+    """The official Swin-Unet-T (``swin_unet_reference``), random weights with norms and biases moved off."""
+    torch.manual_seed(0)
+    model = OfficialSwinUnet(num_classes=9, **T_BACKBONE).eval()
+    randomize(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def official_t_pth(official_t, tmp_path_factory):
+    """Saved as the official trainer does: ``torch.save(model.state_dict(), 'epoch_149.pth')``."""
+    path = tmp_path_factory.mktemp("swin_unet") / "epoch_149.pth"
+    torch.save(official_t.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def grey_image() -> torch.Tensor:
+    return torch.randn(1, 1, 224, 224, generator=torch.Generator().manual_seed(3))

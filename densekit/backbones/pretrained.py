@@ -1,0 +1,188 @@
+"""What a Swin backbone's ``pretrained=`` loads: into a ``SwinTransformer``, or into a Swin-Unet built on one.
+
+Every loader here is the same four steps over ``densekit.convert``, with its own ``FitPolicy``::
+
+    read_checkpoint / unwrap      the file's state dict ('module.' / 'backbone.' / 'swin_unet.' removed)
+    detect + convert              densekit keys (convert_swin, imagenet_to_swin_unet, convert_swin_unet)
+    fit(converted, model.state_dict(), report, policy)    resized, checked, explained (convert/fit.py)
+    model.load_state_dict(weights, strict=False)          strictness was decided by the policy
+
+The models are read by duck typing (``state_dict``, ``load_state_dict``, ``pretrain_grid``, a Swin-Unet's
+``backbone.stages``), so this module imports no network class.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from mmengine.logging import print_log
+from torch import nn
+
+from ..convert import LoadReport
+from ..convert.detect import detect_layout, detect_swin_unet_layout
+from ..convert.fit import (
+    BACKBONE_POLICY,
+    SWIN_UNET_IMAGENET_POLICY,
+    FitPolicy,
+    fit,
+    swin_unet_policy,
+)
+from ..convert.io import checkpoint_tensors, read_checkpoint, strip_prefixes, unwrap
+from ..convert.report import CheckpointError
+from ..convert.resize import check_bias_resize
+from ..convert.rules import StateDict
+from ..convert.swin import convert_swin
+from ..convert.swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet, imagenet_to_swin_unet
+
+
+def _fit_and_load(model: nn.Module, converted: StateDict, report: LoadReport, policy: FitPolicy, source: str,
+                  bias_resize: str, pos_grid: tuple[int, int] | None, progress: bool = False) -> LoadReport:
+    """``fit`` under ``policy`` (errors prefixed with ``source``), then load non-strictly."""
+    try:
+        weights = fit(converted, model.state_dict(), report, policy, type(model).__name__, bias_resize, pos_grid,
+                      progress)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    model.load_state_dict(weights, strict=False)
+    report.source, report.loaded = source, len(weights)
+    return report
+
+
+def _log(report: LoadReport) -> None:
+    # mmengine's current logger: the same stream as a Runner's training log.
+    level = logging.WARNING if report.missing_weights() else logging.INFO
+    print_log(report.summary(), logger="current", level=level)
+
+
+def _read(checkpoint: str | os.PathLike | Mapping) -> tuple[Mapping, str]:
+    if isinstance(checkpoint, Mapping):
+        return checkpoint, ""
+    return read_checkpoint(checkpoint), str(checkpoint)
+
+
+# ----------------------------------------------------------------------------------------- Swin backbone
+def load_state_dict_from(model: nn.Module, checkpoint: Mapping, source: str = "", bias_resize: str = "bicubic",
+                         verbose: bool = True, progress: bool = True) -> LoadReport:
+    """``load_pretrained`` on a checkpoint already in memory (what ``read_checkpoint`` returns).
+
+    Args:
+        model: a densekit ``SwinTransformer``.
+        checkpoint: a state dict or any wrapper ``unwrap`` understands.
+        source: where it came from, for messages and the report.
+        bias_resize, verbose, progress: as in ``load_pretrained``.
+    """
+    check_bias_resize(bias_resize)
+    try:
+        state_dict = unwrap(checkpoint)
+        converted, report = convert_swin(state_dict, detect_layout(state_dict), progress=progress)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    report.kind = "backbone"
+    _fit_and_load(model, converted, report, BACKBONE_POLICY, source, bias_resize, model.pretrain_grid, progress)
+    if verbose:
+        _log(report)
+    return report
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, bias_resize: str = "bicubic", verbose: bool = True,
+                    progress: bool = True) -> LoadReport:
+    """Load a Swin checkpoint in any supported layout into a densekit ``SwinTransformer``.
+
+    Args:
+        model: the target model; its window, ``pretrain_grid`` and ``in_chans`` decide the resizing.
+        path: ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.ckpt``.
+        bias_resize: ``'bicubic'`` (official Swin, default) or ``'geometric'`` (timm) for bias tables.
+        verbose: log ``report.summary()`` through mmengine's logger.
+        progress: tqdm bars over the keys (shown only on a terminal).
+
+    Returns:
+        The ``LoadReport``; missing keys (e.g. ``out_norms.0-2`` from ImageNet weights) do not fail.
+
+    Raises:
+        FileNotFoundError, CheckpointError: unreadable file, unknown layout, unexpected keys or
+            shapes that cannot be resized; messages name the file and keys.
+    """
+    check_bias_resize(bias_resize)  # before reading a large file
+    return load_state_dict_from(model, read_checkpoint(path), str(path), bias_resize, verbose, progress)
+
+
+# ------------------------------------------------------------------------------------------- Swin-Unet
+def load_swin_unet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping,
+                              bias_resize: str = "bicubic", strict: bool = True, verbose: bool = True,
+                              new_classes: bool = False) -> LoadReport:
+    """Load a whole Swin-Unet checkpoint (official or densekit layout) into a densekit ``SwinUnet``.
+
+    Args:
+        model: the target ``SwinUnet``.
+        checkpoint: a path (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``) or a loaded dict, plain or
+            wrapped (``{'model'|'state_dict'|'module': ...}``), with ``swin_unet.``/``module.`` prefixes or not.
+        bias_resize: ``'bicubic'`` or ``'geometric'`` for bias tables of another window.
+        strict: raise when model weights are missing from the checkpoint.
+        new_classes: a classifier (``output`` / ``conv_seg``) for another number of classes is dropped and
+            reported, and the model's keeps its initialisation (fine-tuning; the official ``load_from``
+            always drops it), instead of raising.
+
+    Raises:
+        CheckpointError: not a Swin-Unet checkpoint, unexpected keys, shapes that cannot be resized, or
+            (``strict``) missing weights; named in the message.
+    """
+    obj, source = _read(checkpoint)
+    try:
+        converted, report = convert_swin_unet(checkpoint_tensors(obj))
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    _fit_and_load(model, converted, report, swin_unet_policy(strict, new_classes), source, bias_resize,
+                  model.backbone.pretrain_grid)
+    if verbose:
+        _log(report)
+    return report
+
+
+def load_imagenet_swin(model: nn.Module, checkpoint: str | os.PathLike | Mapping, bias_resize: str = "bicubic",
+                       verbose: bool = True) -> LoadReport:
+    """Initialise a densekit ``SwinUnet`` from ImageNet Swin weights as the official ``load_from`` does.
+
+    Any Swin layout ``densekit.convert`` reads (official, timm, mmseg, densekit) is converted to densekit's,
+    mirrored (``convert.swin_unet.mirror_encoder``), fitted to the model (bias tables resized, other shape
+    misfits dropped, keys the model lacks ignored, all reported) and loaded non-strictly.
+
+    Returns:
+        The ``LoadReport``: ``mirrored`` lists the decoder weights taken from encoder stages, ``missing``
+        what keeps its random initialisation (decoder expansions, skip projections, classifier).
+    """
+    check_bias_resize(bias_resize)
+    obj, source = _read(checkpoint)
+    try:
+        converted, report = imagenet_to_swin_unet(unwrap(obj), len(model.backbone.stages))
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    _fit_and_load(model, converted, report, SWIN_UNET_IMAGENET_POLICY, source, bias_resize,
+                  model.backbone.pretrain_grid)
+    if verbose:
+        _log(report)
+    return report
+
+
+def load_swin_unet_pretrained(model: nn.Module, path: str | os.PathLike | Mapping, bias_resize: str = "bicubic",
+                              verbose: bool = True) -> LoadReport:
+    """What ``SwinUnet(backbone=dict(pretrained=path))`` loads: a whole Swin-Unet checkpoint as it is
+    (``load_swin_unet_checkpoint``; a classifier for another number of classes is dropped, as the official
+    ``load_from`` does), anything else as ImageNet Swin weights (``load_imagenet_swin``)."""
+    obj, source = _read(path)
+    try:
+        layout = detect_swin_unet_layout(strip_prefixes(checkpoint_tensors(obj), SWIN_UNET_PREFIXES))
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    if layout is not None:
+        report = load_swin_unet_checkpoint(model, obj, bias_resize, verbose=False, new_classes=True)
+    else:
+        report = load_imagenet_swin(model, obj, bias_resize, verbose=False)
+    report.source = source
+    if verbose:
+        _log(report)
+    return report
+
+
+__all__ = ["load_imagenet_swin", "load_pretrained", "load_state_dict_from", "load_swin_unet_checkpoint",
+           "load_swin_unet_pretrained"]
