@@ -1,10 +1,12 @@
 """Quickstart demo (what ``make demo`` runs): train UPerNet + Swin-T on the generated demo dataset on the CPU,
-evaluate it, and write prediction overlays and loss/mIoU curves under the work dir.
+evaluate it, and write prediction overlays and loss/mIoU curves under the work dir. The generated data
+(data/densekit_demo) and the work dir are written under the current directory.
 
 Examples:
-    python tools/demo.py                                  # 5-10 min on 2 CPU cores; work_dirs/demo
-    python tools/demo.py --iters 100 --work-dir /tmp/demo  # shorter
-    python tools/demo.py --backbones-only                 # the backbone demo: feature shapes and timings
+    densekit demo                                  # 5-10 min on 2 CPU cores; work_dirs/demo
+    densekit demo --iters 100 --work-dir /tmp/demo  # shorter
+    densekit demo --backbones-only                 # the backbone demo: feature shapes and timings
+    python tools/demo.py --iters 100               # the same, from a checkout
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from densekit.cli.common import run_tool  # noqa: E402
 from densekit.engine.demo import (  # noqa: E402
     DEFAULT_BACKBONES,
     DEFAULT_WORK_DIR,
-    DEMO_CONFIG,
+    DEMO_NAME,
     load_demo_config,
     run_backbone_demo,
     run_segmentation_demo,
@@ -30,7 +32,8 @@ from densekit.engine.demo import (  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="densekit demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
+    parser.add_argument("--config", default=DEMO_NAME,
+                        help="demo config: a shipped config's name or a file (default: %(default)s)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="logs, checkpoint, pictures (%(default)s)")
     parser.add_argument("--iters", type=int, help="training iterations (default: the config's)")
     parser.add_argument("--backbones-only", action="store_true", help="run the backbone demo instead")

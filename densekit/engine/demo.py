@@ -1,9 +1,10 @@
-"""The quickstart jobs behind ``make demo`` / ``tools/demo.py``.
+"""The quickstart jobs behind ``make demo`` / ``densekit demo`` / ``tools/demo.py``.
 
 ``run_segmentation_demo`` (the default): train UPerNet + Swin-T from scratch on the generated demo dataset
-(``configs/upernet_swin_t_demo.py``) on the CPU with mmengine's Runner, validate it along the way, then
+(the shipped config ``upernet_swin_t_demo``) on the CPU with mmengine's Runner, validate it along the way, then
 write comparison panels of validation predictions and a PNG of the loss and mIoU curves, and print a
-summary. ``run_backbone_demo`` (``tools/demo.py --backbones-only``): build backbones, run them on a
+summary. It writes under the current directory (the config's ``data/densekit_demo`` and the work dir,
+``work_dirs/demo`` by default), so it runs the same from a checkout or an installed package. ``run_backbone_demo`` (``tools/demo.py --backbones-only``): build backbones, run them on a
 generated image, print feature shapes and timings. Both run offline (random init, generated data).
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from mmengine.config import Config
 
 from ..backbones import create_backbone
+from .config import CONFIG_DIR, find_config
 
 DEFAULT_BACKBONES = ("swin_t", "convnext_tiny", "resnet50")
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "upernet_swin_t_demo.py"
+DEMO_NAME = "upernet_swin_t_demo"
+DEMO_CONFIG = CONFIG_DIR / f"{DEMO_NAME}.py"  # package data
 DEFAULT_WORK_DIR = "work_dirs/demo"
 TARGET_MIOU = 0.60  # what the demo reaches with margin on a 2-core CPU; below it something is broken
 
@@ -78,7 +81,7 @@ def load_demo_config(config: str | Path = DEMO_CONFIG, *, work_dir: str | None =
     file derives from one variable).
 
     Args:
-        config: the demo config file.
+        config: the demo config: a file, or the name of a shipped config (``densekit.engine.config.find_config``).
         work_dir: where logs, checkpoints and pictures go.
         data_root: the generated dataset's folder (train and val).
         max_iters: training length; the lr schedule and the checkpoint interval follow.
@@ -89,10 +92,7 @@ def load_demo_config(config: str | Path = DEMO_CONFIG, *, work_dir: str | None =
         dataset: ``DemoDataset`` generation arguments (``num_train``, ``num_val``, ``size``, ``seed``) for both
             splits; ``size`` also becomes the training resize scale.
     """
-    if not Path(config).is_file():
-        raise FileNotFoundError(f"demo config {config} does not exist: run the demo from a densekit checkout "
-                                "(configs/ is not installed with the package)")
-    cfg = Config.fromfile(str(config))
+    cfg = Config.fromfile(str(find_config(config)))
     if work_dir is not None:
         cfg.work_dir = work_dir
     train_ds = cfg.train_dataloader.dataset
@@ -206,6 +206,12 @@ def run_segmentation_demo(config: str | Path | Config = DEMO_CONFIG, work_dir: s
     return result
 
 
+def config_argument(cfg: Config) -> str:
+    """How a command names ``cfg``'s file: a shipped config by its name, any other by its path."""
+    path = Path(cfg.filename)
+    return path.stem if path.parent == CONFIG_DIR else str(path)
+
+
 def print_summary(result: dict, target: float, cfg: Config) -> None:
     """The demo's last lines: the result, where the pictures are, what to run next."""
     minutes, seconds = divmod(round(result["seconds"]), 60)
@@ -223,7 +229,7 @@ def print_summary(result: dict, target: float, cfg: Config) -> None:
     if result["checkpoint"] is not None:
         lines += [
             f"  checkpoint   {result['checkpoint']}",
-            "  next:  python tools/infer.py configs/upernet_swin_t_demo.py "
-            f"{result['checkpoint']} {val_root} --out-dir {result['work_dir'] / 'infer'}",
+            f"  next:  densekit infer {config_argument(cfg)} {result['checkpoint']} {val_root} "
+            f"--out-dir {result['work_dir'] / 'infer'}",
         ]
     print("\n".join(lines), flush=True)
