@@ -4,8 +4,9 @@
 (the shipped config ``upernet_swin_t_demo``) on the CPU with mmengine's Runner, validate it along the way, then
 write comparison panels of validation predictions and a PNG of the loss and mIoU curves, and print a
 summary. It writes under the current directory (the config's ``data/densekit_demo`` and the work dir,
-``work_dirs/demo`` by default), so it runs the same from a checkout or an installed package. ``run_backbone_demo`` (``tools/demo.py --backbones-only``): build backbones, run them on a
-generated image, print feature shapes and timings. Both run offline (random init, generated data).
+``work_dirs/demo`` by default), so it runs the same from a checkout or an installed package.
+``run_backbone_demo`` (``tools/demo.py --backbones-only``): build backbones, run them on a generated image,
+print feature shapes and timings. Both run offline (random init, generated data).
 """
 from __future__ import annotations
 
