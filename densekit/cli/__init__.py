@@ -34,8 +34,8 @@ COMMANDS: dict[str, Command] = {
                      "--out-dir preds", True),
     "convert": Command("convert", "convert official/timm/mmseg/mmdet/HF/torchvision checkpoints to densekit",
                        "densekit convert swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify", False),
-    "benchmark": Command("benchmark", "time densekit against peer implementations",
-                         "densekit benchmark --suite swin_t_backbone --size 512 512 --runs 7", False),
+    "benchmark": Command("benchmark", "measure a config's model: latency, images/s, peak memory",
+                         "densekit benchmark upernet_swin_t_ade --shape 512 512 --mode bf16", True),
     "export": Command("export", "export a segmentor to ONNX and check it against PyTorch with onnxruntime",
                       "densekit export configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth --shape 256 256 "
                       "--dynamic", True),
