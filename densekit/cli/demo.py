@@ -4,7 +4,7 @@ evaluate it, and write prediction overlays and loss/mIoU curves under the work d
 
 Examples:
     densekit demo                                  # 5-10 min on 2 CPU cores; work_dirs/demo
-    densekit demo --iters 100 --work-dir /tmp/demo  # shorter
+    densekit demo --iters 100 --work-dir /tmp/demo  # shorter (the mIoU target is not judged then)
     densekit demo --backbones-only                 # the backbone demo: feature shapes and timings
     python tools/demo.py --iters 100               # the same, from a checkout
 """
@@ -23,6 +23,7 @@ from densekit.engine.demo import (  # noqa: E402
     DEFAULT_BACKBONES,
     DEFAULT_WORK_DIR,
     DEMO_NAME,
+    TARGET_MIOU,
     load_demo_config,
     run_backbone_demo,
     run_segmentation_demo,
@@ -46,8 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         run_backbone_demo(tuple(args.backbones), tuple(args.size), args.runs)
         return
     cfg = load_demo_config(args.config, max_iters=args.iters)
-    result = run_segmentation_demo(cfg, work_dir=args.work_dir)
-    if not result["reached"]:
+    # TARGET_MIOU is calibrated for the config's whole schedule: a run shortened by --iters reports its mIoU
+    # without failing on it (exit 1 only where the full schedule misses the target)
+    full = args.iters is None or args.iters >= load_demo_config(args.config).train_cfg.max_iters
+    result = run_segmentation_demo(cfg, work_dir=args.work_dir, target=TARGET_MIOU if full else None)
+    if result["reached"] is False:
         raise SystemExit(1)
 
 
