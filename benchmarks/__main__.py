@@ -1,4 +1,5 @@
 """``python -m benchmarks``: the peer suites (see ``benchmarks/run.py``)."""
 from .run import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,16 @@ densekit does not re-implement ConvNeXt: ``create_backbone('convnext_tiny')`` is
 ``TimmBackbone`` (classifier pruned, input padded to a multiple of 32, maps cropped back to ``ceil(H / s)``).
 This suite measures what that wrapper costs against timm's own ``forward_intermediates``, on identical
 weights, agreement checked first. Also here: ``spread_layer_scales``, which the UPerNet-ConvNeXt suite uses
-too. Registered in ``benchmarks.harness`` on import (``tools/benchmark.py`` imports it).
+too. Listed in ``benchmarks.run.SUITES``.
 """
 from __future__ import annotations
 
+import timm
 import torch
 from torch import nn
+
+import densekit
+from densekit.inference.timing import Stats, compare
 
 from .harness import (
     AGREEMENT_TOL,
@@ -19,12 +23,10 @@ from .harness import (
     backbone_cases,
     case_diffs_against_timm,
     check_agreement,
-    compare,
     compile_statuses,
     diffs_against_timm,
     mode_column,
     mode_note,
-    register_suite,
     results_table,
 )
 
@@ -62,10 +64,6 @@ def build_convnext_t_models(device: str, seed: int = 0) -> dict[str, nn.Module]:
     """``{'densekit': create_backbone('convnext_tiny'), 'timm': timm convnext_tiny}`` in eval mode on ``device``,
     holding identical random weights: timm's init seeded with ``seed``, layer scales spread
     (``spread_layer_scales``), copied into densekit with ``timm_convnext_to_densekit`` (strict)."""
-    import timm
-
-    import densekit
-
     torch.manual_seed(seed)
     peer = timm.create_model(TIMM_CONVNEXT_T, pretrained=False, num_classes=0)
     spread_layer_scales(peer, seed)
@@ -82,38 +80,26 @@ def _check_size(height: int, width: int) -> None:
             f"so the two return maps of different sizes and cannot be checked against each other")
 
 
-@register_suite
-def convnext_t_backbone(config: BenchConfig) -> SuiteResult:
-    """ConvNeXt-T backbone forward, densekit against timm ``forward_intermediates`` on identical weights."""
-    h, w = config.size
-    _check_size(h, w)
-    dev = config.device
-    models = build_convnext_t_models(dev, config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
-
-    check_diffs = diffs_against_timm(models, x, "fp32", dev)  # on the models as built, before the mode
-    check_agreement(check_diffs, f"ConvNeXt-T maps against timm's at {h}x{w}")
-    cases, steps = backbone_cases(models, x, config)
-    # In compile mode, these first calls compile (before the timed rounds).
-    run_diffs = check_diffs if config.mode == "fp32" else case_diffs_against_timm(cases)
-    stats = compare(cases, config.warmup, config.runs, dev)
-
-    size = f"{h}x{w}"
-    statuses = compile_statuses(steps) if config.mode == "compile" else {}
+def _table(config: BenchConfig, stats: dict[str, Stats], check_diffs: dict[str, float],
+           run_diffs: dict[str, float], statuses: dict[str, str]) -> str:
+    """The results table: timings, the fp32 diff (checked), the diff in the mode (other modes), compile's column."""
     mode_headers, mode_cells = mode_column(config.mode, statuses)
     headers = [f"max abs diff vs timm, fp32 (checked <= {AGREEMENT_TOL:g})"]
     diffs = {n: [f"{check_diffs[n]:.1e}"] for n in stats}
     if config.mode != "fp32":
         headers.append(f"max abs diff vs timm, {config.mode}")
         diffs = {n: [*diffs[n], f"{run_diffs[n]:.1e}"] for n in stats}
-    table = results_table(stats, "timm", {n: [*d, *mode_cells.get(n, [])] for n, d in diffs.items()},
-                          headers + mode_headers)
+    return results_table(stats, "timm", {n: [*d, *mode_cells.get(n, [])] for n, d in diffs.items()},
+                         headers + mode_headers)
+
+
+def _markdown(config: BenchConfig, table: str, stats: dict[str, Stats], statuses: dict[str, str]) -> str:
+    """The suite's text: what is compared, the protocol, the table, the ratio, the mode's note."""
     ours, peer = stats["densekit"], stats["timm"]
-    autocast = f", `torch.autocast('{dev}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
+    autocast = f", `torch.autocast('{config.device}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
     note = mode_note(config.mode, statuses)
     note = f"\n{note}\n" if note else ""
-    markdown = f"""
+    return f"""
 What: `densekit.create_backbone('{TIMM_CONVNEXT_T}', out_norm=False)` (a `TimmBackbone`: timm's model with
 its classifier pruned, the input padded to a multiple of 32 and the four stage maps cropped back, NCHW)
 against `timm.create_model('{TIMM_CONVNEXT_T}', pretrained=False, num_classes=0)`
@@ -121,7 +107,7 @@ against `timm.create_model('{TIMM_CONVNEXT_T}', pretrained=False, num_classes=0)
 {config.seed}) with every layer scale (`gamma`) set to U(0.5, 1), since timm's 1e-6 would leave every
 block's contribution below the agreement tolerance; copied into densekit under `model.`, `head.*`
 dropped, loaded strictly. Drop path 0, eval mode. Agreement of the four maps is checked in fp32 at
-{size} before timing.
+{config.size[0]}x{config.size[1]} before timing.
 
 Protocol: one process, `torch.inference_mode()`{autocast}, {config.warmup} warm-up round(s), then
 {config.runs} timed rounds, interleaved (each round runs both implementations; the order is reversed
@@ -132,6 +118,25 @@ than timm).
 
 densekit / timm (median): **{ours.median / peer.median:.2f}x** ({_ms(ours.median)} ms vs {_ms(peer.median)} ms).
 {note}"""
-    title = f"ConvNeXt-T backbone forward, {size}, batch {config.batch}, {config.mode}, {dev}"
+
+
+def convnext_t_backbone(config: BenchConfig) -> SuiteResult:
+    """ConvNeXt-T backbone forward, densekit against timm ``forward_intermediates`` on identical weights."""
+    h, w = config.size
+    _check_size(h, w)
+    dev = config.device
+    models = build_convnext_t_models(dev, config.seed)
+    x = torch.randn(config.batch, 3, h, w, generator=torch.Generator().manual_seed(config.seed)).to(dev)
+
+    check_diffs = diffs_against_timm(models, x, "fp32", dev)  # on the models as built, before the mode
+    check_agreement(check_diffs, f"ConvNeXt-T maps against timm's at {h}x{w}")
+    cases, steps = backbone_cases(models, x, config)
+    # In compile mode, these first calls compile (before the timed rounds).
+    run_diffs = check_diffs if config.mode == "fp32" else case_diffs_against_timm(cases)
+    stats = compare(cases, config.warmup, config.runs, dev)
+
+    statuses = compile_statuses(steps) if config.mode == "compile" else {}
+    markdown = _markdown(config, _table(config, stats, check_diffs, run_diffs, statuses), stats, statuses)
+    title = f"ConvNeXt-T backbone forward, {h}x{w}, batch {config.batch}, {config.mode}, {dev}"
     extra = {"check_diffs": check_diffs, "run_diffs": run_diffs, **({"compile": statuses} if statuses else {})}
     return SuiteResult("convnext_t_backbone", title, stats, markdown, extra=extra)

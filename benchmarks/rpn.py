@@ -3,16 +3,16 @@ stage (``backbone`` + ``rpn``, no ``roi_heads``) on identical weights.
 
 The weights are torchvision's random ``fasterrcnn_resnet50_fpn`` (BatchNorm statistics and affines randomised,
 the head's two 1x1 convs rescaled, see ``torchvision_faster_rcnn``) converted into
-``configs/rpn_r50_fpn_1x_coco.py`` by ``densekit.inference.checkpoint``. torchvision's ``RegionProposalNetwork`` is
-given densekit's test settings (``match_rpn_settings``). Both take the same already normalised batch: densekit
-``RPN.predict`` and torchvision ``rpn(ImageList(x), backbone(x))``, so neither normalises nor resizes.
+``configs/rpn_r50_fpn_1x_coco.py`` by ``densekit.inference.checkpoint.load_model_checkpoint``. torchvision's
+``RegionProposalNetwork`` is given densekit's test settings (``match_rpn_settings``). Both take the same already
+normalised batch: densekit ``RPN.predict`` and torchvision ``rpn(ImageList(x), backbone(x))``, so neither
+normalises nor resizes.
 
 Checked: the head's objectness and deltas per level agree (``HEAD_TOL``). Reported, not checked: how many of
 densekit's best proposals torchvision also proposes (``top_k_match``), since mmdetection's and torchvision's
 conventions differ by design (tests/heads/test_rpn_head.py). ``--mode`` applies to both alike
 (``prepare_mode``): ``channels_last`` converts both models and the batch; ``compile`` compiles each one's feature
-path (backbone, FPN, head) in place, leaving decoding and NMS eager. Registered in ``benchmarks.harness`` on
-import (``tools/benchmark.py`` imports it).
+path (backbone, FPN, head) in place, leaving decoding and NMS eager. Listed in ``benchmarks.run.SUITES``.
 """
 from __future__ import annotations
 
@@ -21,18 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from densekit import accel
+from densekit.apis import build_model, load_config
+from densekit.convert import CheckpointError
 from densekit.engine.compile import CompiledOrEager, compile_method
+from densekit.inference.checkpoint import load_model_checkpoint
+from densekit.inference.timing import Stats, compare
 
 from .harness import (
     BenchConfig,
     SuiteResult,
     _ms,
-    compare,
     compile_statuses,
     inference_case,
     markdown_table,
@@ -41,7 +44,6 @@ from .harness import (
     mode_note,
     prepare_input,
     prepare_model,
-    register_suite,
     results_table,
 )
 
@@ -86,8 +88,6 @@ def torchvision_faster_rcnn(seed: int = 0) -> nn.Module:
     """torchvision ``fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`` seeded with ``seed``, in eval
     mode, BatchNorm randomised and the RPN head calibrated to ``LOGIT_STD`` / ``DELTA_STD`` on a seeded
     ``CALIBRATION_SIZE`` input (the same weights whatever size is benchmarked)."""
-    import torchvision
-
     torch.manual_seed(seed)
     model = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
     _randomise_batchnorm(model)
@@ -127,17 +127,13 @@ def match_rpn_settings(rpn: nn.Module, head: nn.Module) -> None:
 def build_rpn_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """(densekit ``RPN`` of ``CONFIG``, torchvision Faster R-CNN) with identical weights and proposal settings,
     both in eval mode. Raises CheckpointError if the conversion leaves a densekit weight unloaded."""
-    from densekit.apis import build_model, load_config
-    from densekit.convert import CheckpointError
-    from densekit.inference.checkpoint import load_model_checkpoint
-
     peer = torchvision_faster_rcnn(seed)
     ours = build_model(load_config(str(CONFIG)), pretrained=False).eval()
     report = load_model_checkpoint(ours, {"state_dict": peer.state_dict()}, source="torchvision (random)")
     if report.missing:
         raise CheckpointError(f"torchvision weights left densekit weights unloaded: {report.missing[:5]}")
     match_rpn_settings(peer.rpn, ours.rpn_head)
-    return accel.optimize(ours), peer  # densekit's CPU fast paths, as init_model installs them
+    return ours, peer
 
 
 # --------------------------------------------------------------------------- forwards and agreement
@@ -223,45 +219,39 @@ def prepare_mode(ours: nn.Module, peer: nn.Module, mode: str) -> dict[str, list[
 # --------------------------------------------------------------------------- the suite
 
 
-@register_suite
-def rpn_r50_fpn(config: BenchConfig) -> SuiteResult:
-    """RPN R50-FPN proposals (backbone, FPN, head, decoding, NMS), densekit against torchvision, same weights."""
-    h, w = config.size
-    dev = config.device
-    ours, peer = build_rpn_pair(config.seed)
-    ours, peer = ours.to(dev), peer.to(dev)
-    x = torch.randn(config.batch, 3, h, w, generator=torch.Generator().manual_seed(config.seed)).to(dev)
-    checked = _agreement(ours, peer, x, "fp32", dev)  # on the models as built, before the mode
+def _checked_agreement(ours: nn.Module, peer: nn.Module, x: torch.Tensor, device: str) -> dict[str, float]:
+    """fp32 agreement on the models as built, before the mode; AssertionError where the heads differ beyond
+    ``HEAD_TOL``."""
+    checked = _agreement(ours, peer, x, "fp32", device)
     if checked["head_diff"] > HEAD_TOL:
         raise AssertionError(f"RPN head outputs disagree with torchvision beyond {HEAD_TOL}: "
                              f"{checked['head_diff']:.2e} (outputs up to {checked['head_max']:.1f})")
-    compiled = prepare_mode(ours, peer, config.mode)
-    x = prepare_input(x, config.mode)
-    # In compile mode, this first run compiles (before the timed rounds).
-    run = checked if config.mode == "fp32" else _agreement(ours, peer, x, config.mode, dev)
-    cases = {n: inference_case(f, config.mode, dev) for n, f in _proposal_forwards(ours, peer, x).items()}
-    stats = compare(cases, config.warmup, config.runs, dev)
+    return checked
 
-    statuses = compile_statuses(compiled)
+
+def _table(config: BenchConfig, stats: dict[str, Stats], agreement: dict[str, dict[str, float]],
+           statuses: dict[str, str]) -> str:
+    """The results table: timings, head diffs and proposal overlap in fp32 (and in the mode), compile's column."""
     mode_headers, mode_cells = mode_column(config.mode, statuses)
-    modes = dict.fromkeys(("fp32", config.mode))
-    agreement = {"fp32": checked, config.mode: run}
+    modes = list(agreement)
     diff_headers = [f"head max abs diff vs {PEER}, {m}" + (f" (checked <= {HEAD_TOL:g})" if m == "fp32" else "")
                     for m in modes]
     diff_headers += [f"top-{TOP_K} boxes with an IoU > {MATCH_IOU} match in {PEER}'s, {m}" for m in modes]
     diffs = {"densekit": [f"{agreement[m]['head_diff']:.1e}" for m in modes]
              + [f"{100 * agreement[m]['match']:.1f}%" for m in modes]}
     diffs = {n: [*diffs.get(n, ["-"] * len(diff_headers)), *mode_cells.get(n, [])] for n in stats}
-    table = results_table(stats, PEER, diffs, diff_headers + mode_headers)
-    cfg = ours.rpn_head.test_cfg
-    settings = settings_table(cfg, peer.rpn)
+    return results_table(stats, PEER, diffs, diff_headers + mode_headers)
+
+
+def _markdown(config: BenchConfig, table: str, settings: str, stats: dict[str, Stats], checked: dict[str, float],
+              statuses: dict[str, str]) -> str:
+    """The suite's text: what is compared, the weights, the settings, what is checked, the protocol, the table."""
+    h, w = config.size
     ratio = stats["densekit"].median / stats[PEER].median
-    size = f"{h}x{w}"
-    title = f"RPN R50-FPN proposals, {size}, batch {config.batch}, {config.mode}, {dev}"
-    autocast = f" under `torch.autocast('{dev}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
+    autocast = f" under `torch.autocast('{config.device}', dtype=torch.bfloat16)`" if config.mode == "bf16" else ""
     note = mode_note(config.mode, statuses, compiled_what=COMPILED_PATHS)
     note = f"\n{note}\n" if note else ""
-    markdown = f"""
+    return f"""
 What: the proposal stage of `configs/rpn_r50_fpn_1x_coco.py` (densekit `RPN.predict(x, rescale=False)`:
 ResNet-50 (timm), FPN P2-P6, `RPNHead`, decoding, per-level top-k, `torchvision.ops.batched_nms`) against
 torchvision's `fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)` cut after its proposals:
@@ -273,7 +263,7 @@ Weights: torchvision's random init with every BatchNorm's running statistics and
 head's objectness and delta 1x1 convs scaled so their outputs have standard deviations {LOGIT_STD} and
 {DELTA_STD} on a {CALIBRATION_SIZE[0]}x{CALIBRATION_SIZE[1]} random input (as trained RPNs roughly do; raw random
 weights give logits and deltas of +-100, every score 0 or 1 and every box the whole image), converted into
-densekit by `densekit.inference.checkpoint` (torchvision layout, every densekit weight loaded).
+densekit by `densekit.inference.checkpoint.load_model_checkpoint` (torchvision layout, every densekit weight loaded).
 
 Settings, densekit's `test_cfg` given to torchvision's `RegionProposalNetwork`:
 
@@ -295,6 +285,27 @@ and min over the rounds; ratio = median / torchvision's median (below 1 = faster
 
 densekit / torchvision (median): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs {_ms(stats[PEER].median)} ms).
 {note}"""
+
+
+def rpn_r50_fpn(config: BenchConfig) -> SuiteResult:
+    """RPN R50-FPN proposals (backbone, FPN, head, decoding, NMS), densekit against torchvision, same weights."""
+    h, w = config.size
+    dev = config.device
+    ours, peer = build_rpn_pair(config.seed)
+    ours, peer = ours.to(dev), peer.to(dev)
+    x = torch.randn(config.batch, 3, h, w, generator=torch.Generator().manual_seed(config.seed)).to(dev)
+    checked = _checked_agreement(ours, peer, x, dev)
+    compiled = prepare_mode(ours, peer, config.mode)
+    x = prepare_input(x, config.mode)
+    # In compile mode, this first run compiles (before the timed rounds).
+    run = checked if config.mode == "fp32" else _agreement(ours, peer, x, config.mode, dev)
+    cases = {n: inference_case(f, config.mode, dev) for n, f in _proposal_forwards(ours, peer, x).items()}
+    stats = compare(cases, config.warmup, config.runs, dev)
+
+    statuses = compile_statuses(compiled)
+    agreement = {"fp32": checked, config.mode: run}
+    table = _table(config, stats, agreement, statuses)
+    markdown = _markdown(config, table, settings_table(ours.rpn_head.test_cfg, peer.rpn), stats, checked, statuses)
+    title = f"RPN R50-FPN proposals, {h}x{w}, batch {config.batch}, {config.mode}, {dev}"
     return SuiteResult("rpn_r50_fpn", title, stats, markdown,
                        extra={"agreement": agreement, **({"compile": statuses} if statuses else {})})
-

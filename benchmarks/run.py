@@ -1,13 +1,16 @@
 """Benchmark densekit against peer implementations; optionally record the result in docs/benchmarks.md.
 
-Examples:
-    python tools/benchmark.py --suite swin_t_backbone --size 512 512 --runs 7 --write
-    python tools/benchmark.py --suite upernet_convnext_t --size 512 512 --runs 5 --warmup 1
-    python tools/benchmark.py --suite upernet_swin_t --size 512 512 --mode channels_last
-    python tools/benchmark.py --suite upernet_swin_t --size 512 512 --batch 16 --mode bf16 --device cuda \\
+Run from a checkout (the suites compare against HF transformers, timm, torchvision and the official Swin-Unet
+loop, which an installed densekit does not need):
+
+    python -m benchmarks --suite swin_t_backbone --size 512 512 --runs 7 --write
+    python -m benchmarks --suite upernet_convnext_t --size 512 512 --runs 5 --warmup 1
+    python -m benchmarks --suite upernet_swin_t --size 512 512 --mode channels_last
+    python -m benchmarks --suite upernet_swin_t --size 512 512 --batch 16 --mode bf16 --device cuda \\
         --runs 10 --warmup 3 --write
 
-The work is in ``benchmarks.harness``; this file only parses arguments.
+To measure one model of your own (a config's), use ``densekit benchmark CONFIG --shape H W`` instead. The suites
+are listed in ``SUITES``; the machinery is in ``benchmarks.harness``; this file parses arguments and runs one.
 """
 from __future__ import annotations
 
@@ -15,20 +18,46 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from . import convnext, rpn, upernet, volume  # noqa: F401  (each registers its suites)
 from . import harness as benchmark
+from .convnext import convnext_t_backbone
+from .harness import BenchConfig, SuiteResult
+from .rpn import rpn_r50_fpn
+from .swin import swin_t_backbone
+from .upernet import upernet_convnext_t, upernet_swin_t
+from .volume import swin_unet_volume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
+SUITES: dict[str, Callable[[BenchConfig], SuiteResult]] = {
+    "swin_t_backbone": swin_t_backbone,
+    "convnext_t_backbone": convnext_t_backbone,
+    "upernet_swin_t": upernet_swin_t,
+    "upernet_convnext_t": upernet_convnext_t,
+    "swin_unet_volume": swin_unet_volume,
+    "rpn_r50_fpn": rpn_r50_fpn,
+}
+
+
+def list_suites() -> list[str]:
+    return sorted(SUITES)
+
+
+def run_suite(name: str, config: BenchConfig) -> SuiteResult:
+    """Run the suite ``name``; raises KeyError naming the known suites."""
+    if name not in SUITES:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(list_suites())}")
+    return SUITES[name](config)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="densekit benchmark", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="swin_t_backbone", choices=benchmark.list_suites())
+    parser.add_argument("--suite", default="swin_t_backbone", choices=list_suites())
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=7, help="timed rounds (median and min are reported)")
@@ -49,14 +78,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> benchmark.SuiteResult:
+def main(argv: list[str] | None = None) -> SuiteResult:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = benchmark.BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device,
-                                   peak_rss=not args.no_peak_rss, peak_tflops=args.peak_tflops)
-    command = "python tools/benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    config = BenchConfig(tuple(args.size), args.batch, args.runs, args.warmup, args.mode, args.device,
+                         peak_rss=not args.no_peak_rss, peak_tflops=args.peak_tflops)
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
     load_before, cpu_before = benchmark.load_average(), benchmark.cpu_snapshot()
-    result = benchmark.run_suite(args.suite, config)
+    result = run_suite(args.suite, config)
     background = benchmark.background_cpu(cpu_before, benchmark.cpu_snapshot())
     section = benchmark.render_section(result, config, command, load_before, benchmark.load_average(), background)
     print(section)
@@ -65,7 +94,3 @@ def main(argv: list[str] | None = None) -> benchmark.SuiteResult:
         benchmark.update_section(args.docs, name, section)
         print(f"updated section {name!r} of {args.docs}")
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -4,34 +4,39 @@
 Per suite, both models hold identical random weights (HF's, converted with ``convert_hf_upernet``); agreement
 of the upsampled logits is checked in fp32 before timing. Timed: inference (logits at the input size) and one
 training step (forward with loss, backward, AdamW step) per model, interleaved A/B in one process. The two
-suites share every step; ``UPERNETS`` holds what differs (densekit's config, HF's backbone config).
-Registered in ``benchmarks.harness`` on import (``tools/benchmark.py`` imports it).
+suites share every step; ``UPERNETS`` holds what differs (densekit's config, HF's backbone config). On the CPU
+densekit runs with ``densekit.accel`` and, in an "accel off" row of every densekit case (inference fp32 and bf16,
+training step), without it (``harness.with_accel_off``). Listed in ``benchmarks.run.SUITES``.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mmengine.config import Config
 from mmengine.structures import PixelData
 from torch import nn
 
-from densekit import accel
+from densekit.convert.hf import convert_hf_upernet
+from densekit.inference.timing import Stats, compare
+from densekit.models import EncoderDecoder
 from densekit.structures import SegDataSample
 
 from .convnext import spread_layer_scales
 from .harness import (
+    ACCEL_OFF,
+    ACCEL_WHAT,
     AGREEMENT_TOL,
     BenchConfig,
-    Stats,
     SuiteResult,
     _ms,
+    accel_ratio,
     check_agreement,
-    compare,
     compile_statuses,
     gemm_rate,
     inference_case,
@@ -43,8 +48,8 @@ from .harness import (
     prepare_input,
     prepare_model,
     prepare_step,
-    register_suite,
     results_table,
+    with_accel_off,
 )
 from .mfu import (
     GpuRates,
@@ -59,6 +64,7 @@ from .mfu import (
 ROOT = Path(__file__).resolve().parent.parent
 NUM_CLASSES = 150
 BF16 = "densekit bf16 autocast"
+OFF, BF16_OFF = "densekit" + ACCEL_OFF, BF16 + ACCEL_OFF
 HF = "HF transformers"
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
@@ -112,11 +118,7 @@ def build_upernet_pair(seed: int = 0, backbone: str = "swin_t") -> tuple[nn.Modu
         seed: seeds HF's random init (and the layer-scale spread), which densekit receives converted.
         backbone: a key of ``UPERNETS`` (``'swin_t'``, ``'convnext_t'``).
     """
-    import transformers
-    from mmengine.config import Config
-
-    from densekit.convert.hf import convert_hf_upernet
-    from densekit.models import EncoderDecoder
+    import transformers  # the peer: imported where it is used, so the other suites run without it
 
     if backbone not in UPERNETS:
         raise KeyError(f"unknown UPerNet backbone {backbone!r}; known: {', '.join(UPERNETS)}")
@@ -135,15 +137,21 @@ def build_upernet_pair(seed: int = 0, backbone: str = "swin_t") -> tuple[nn.Modu
     ours = EncoderDecoder(**cfg)
     converted, unmapped = convert_hf_upernet(hf.state_dict())
     ours.load_state_dict(converted, strict=True)
-    return accel.optimize(ours), hf  # CPU fast paths (Winograd, fused Swin), as init_model and `accel = True` do
+    return ours, hf
 
 
-def _inference(ours: nn.Module, hf: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], list[torch.Tensor]]]:
-    def densekit() -> list[torch.Tensor]:
-        logits = ours(x, mode="tensor")
-        return [F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)]
+def _inference(ours: dict[str, nn.Module], hf: nn.Module, x: torch.Tensor
+               ) -> dict[str, Callable[[], list[torch.Tensor]]]:
+    """One inference per model: each densekit model's (``{name: model}``) and HF's, logits at the input size."""
 
-    return {"densekit": densekit, HF: lambda: [hf(pixel_values=x).logits]}
+    def densekit(model: nn.Module) -> Callable[[], list[torch.Tensor]]:
+        def run() -> list[torch.Tensor]:
+            logits = model(x, mode="tensor")
+            return [F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)]
+
+        return run
+
+    return {**{name: densekit(model) for name, model in ours.items()}, HF: lambda: [hf(pixel_values=x).logits]}
 
 
 def checked_logits(ours: nn.Module, hf: nn.Module, x: torch.Tensor, what: str, device: str = "cpu"
@@ -154,46 +162,52 @@ def checked_logits(ours: nn.Module, hf: nn.Module, x: torch.Tensor, what: str, d
         (max abs difference, densekit's logits ``(B, 150, H, W)``); AssertionError naming ``what`` where the
         difference exceeds ``AGREEMENT_TOL``.
     """
-    forwards = {n: inference_case(f, "fp32", device) for n, f in _inference(ours, hf, x).items()}
+    forwards = {n: inference_case(f, "fp32", device) for n, f in _inference({"densekit": ours}, hf, x).items()}
     logits = forwards["densekit"]()
     diff = max_abs_diff(logits, forwards[HF]())
     check_agreement({"densekit": diff}, what)
     return diff, logits[0]
 
 
-def _train_steps(ours: nn.Module, hf: nn.Module, x: torch.Tensor, labels: torch.Tensor
+def _train_steps(ours: dict[str, nn.Module], hf: nn.Module, x: torch.Tensor, labels: torch.Tensor
                  ) -> dict[str, Callable[[], None]]:
-    """One AdamW step each: densekit's decode + 0.4 aux cross-entropy, HF's (the same losses)."""
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=6e-5, weight_decay=0.01)
-    opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-5, weight_decay=0.01)
+    """One AdamW step each: every densekit model's decode + 0.4 aux cross-entropy, HF's (the same losses)."""
     samples = [SegDataSample(gt_sem_seg=PixelData(data=label[None])) for label in labels]
 
-    def densekit() -> None:
-        losses = ours(x, samples, mode="loss")
-        sum(v for k, v in losses.items() if "loss" in k).backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+    def densekit(model: nn.Module) -> Callable[[], None]:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
+
+        def step() -> None:
+            losses = model(x, samples, mode="loss")
+            sum(v for k, v in losses.items() if "loss" in k).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-5, weight_decay=0.01)
 
     def huggingface() -> None:
         hf(pixel_values=x, labels=labels).loss.backward()
         opt_hf.step()
         opt_hf.zero_grad(set_to_none=True)
 
-    return {"densekit": densekit, HF: huggingface}
+    return {**{name: densekit(model) for name, model in ours.items()}, HF: huggingface}
 
 
 def train_step(impl: str, height: int, width: int, batch: int = 2, seed: int = 0, backbone: str = "swin_t"
                ) -> Callable[[], None]:
-    """One training step of ``impl`` (``'densekit'`` or ``'HF transformers'``) alone, for measuring its peak
-    memory in a process of its own (``peak_rss_above_resident``)."""
+    """One training step of ``impl`` (``'densekit'``, ``'densekit (accel off)'`` or ``'HF transformers'``) alone,
+    for measuring its peak memory in a process of its own (``peak_rss_above_resident``)."""
     ours, hf = build_upernet_pair(seed, backbone)
-    ours.train(), hf.train()
+    models = with_accel_off("densekit", ours.train(), "cpu")
+    hf.train()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, height, width, generator=gen)
     labels = torch.randint(0, NUM_CLASSES, (batch, height, width), generator=gen)
-    # The other model stays resident (weights only: AdamW makes its state at the first step), which the
+    # The other models stay resident (weights only: AdamW makes its state at the first step), which the
     # measurement subtracts.
-    return _train_steps(ours, hf, x, labels)[impl]
+    return _train_steps(models, hf, x, labels)[impl]
 
 
 @dataclass
@@ -205,41 +219,64 @@ class _Inference:
     executed_flops: int  # what densekit's forward executes (less: no projections of padded tokens, Winograd convs)
     gemm_rate: float  # the machine's fp32 matmul FLOP/s
     steps: dict[str, Callable[[], Any]]  # 'infer <impl>': the timed step as the mode runs it (prepare_step)
+    off: dict[str, float] = field(default_factory=dict)  # the accel-off rows' 'diff' and 'same_labels' (CPU)
 
 
-def _time_inference(ours: nn.Module, hf: nn.Module, config: BenchConfig, title: str) -> _Inference:
+def _checked_models(ours: dict[str, nn.Module], hf: nn.Module, x: torch.Tensor, title: str, device: str
+                    ) -> tuple[dict[str, float], torch.Tensor]:
+    """fp32 agreement with HF of every densekit model as built (``checked_logits``). Returns ({name: diff},
+    the first model's logits)."""
+    what = f"{title} logits against HF's at {x.shape[-2]}x{x.shape[-1]}"
+    checked = {name: checked_logits(model, hf, x, what + ("" if name == "densekit" else f" ({name})"), device)
+               for name, model in ours.items()}
+    return {name: diff for name, (diff, _) in checked.items()}, checked["densekit"][1]
+
+
+def _bf16_cases(forwards: dict[str, Callable[[], list[torch.Tensor]]], fp32_logits: torch.Tensor, device: str
+                ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """fp32 runs: each densekit forward under bf16 autocast (``BF16``, ``BF16_OFF``), and the share of pixels
+    where it keeps densekit fp32's label."""
+    names = {"densekit": BF16, OFF: BF16_OFF}
+    cases = {names[n]: inference_case(f, "bf16", device) for n, f in forwards.items() if n in names}
+    same = {n: float((case()[0].argmax(1) == fp32_logits.argmax(1)).float().mean()) for n, case in cases.items()}
+    return cases, same
+
+
+def _time_inference(ours: dict[str, nn.Module], hf: nn.Module, config: BenchConfig, title: str) -> _Inference:
     """Check fp32 agreement on the models as built, then apply the mode (``prepare_model``, ``prepare_input``,
-    ``prepare_step``) and time both forwards (plus densekit under bf16 autocast in fp32 runs)."""
-    h, w = config.size
+    ``prepare_step``) and time every forward (plus densekit under bf16 autocast in fp32 runs)."""
     dev = config.device
-    ours, hf = ours.to(dev).eval(), hf.to(dev).eval()
-    gen = torch.Generator().manual_seed(config.seed)
-    x = torch.randn(config.batch, 3, h, w, generator=gen).to(dev)
-    diff, ours_logits = checked_logits(ours, hf, x, f"{title} logits against HF's at {h}x{w}", dev)
-    ours, hf = prepare_model(ours, config.mode), prepare_model(hf, config.mode)
+    ours, hf = {n: m.to(dev).eval() for n, m in ours.items()}, hf.to(dev).eval()
+    x = torch.randn(config.batch, 3, *config.size, generator=torch.Generator().manual_seed(config.seed)).to(dev)
+    diffs, ours_logits = _checked_models(ours, hf, x, title, dev)
+    ours, hf = {n: prepare_model(m, config.mode) for n, m in ours.items()}, prepare_model(hf, config.mode)
     forwards = _inference(ours, hf, prepare_input(x, config.mode))
     steps = {f"infer {n}": prepare_step(f, config.mode, f"infer {n}") for n, f in forwards.items()}
     infer = {n: inference_case(steps[f"infer {n}"], config.mode, dev) for n in forwards}
-    same_labels = None
+    same_labels: dict[str, float] = {}
     if config.mode == "fp32":  # bf16 autocast against HF's fp32 time, and against densekit's fp32 labels
-        infer[BF16] = inference_case(forwards["densekit"], "bf16", dev)
-        same_labels = float((infer[BF16]()[0].argmax(1) == ours_logits.argmax(1)).float().mean())
+        bf16, same_labels = _bf16_cases(forwards, ours_logits, dev)
+        infer.update(bf16)
     else:  # in compile mode, these first calls compile (before the timed rounds)
-        diff = max_abs_diff(infer["densekit"](), infer[HF]())
+        reference = infer[HF]()
+        diffs = {n: max_abs_diff(infer[n](), reference) for n in ours}
     stats = compare(infer, config.warmup, config.runs, dev)
     with torch.inference_mode():
         flops, executed = model_flops(forwards[HF]), model_flops(forwards["densekit"])
-    return _Inference(stats, diff, same_labels, flops, executed, gemm_rate(device=dev), steps)
+    off = {k: v for k, v in (("diff", diffs.get(OFF)), ("same_labels", same_labels.get(BF16_OFF))) if v is not None}
+    return _Inference(stats, diffs["densekit"], same_labels.get(BF16), flops, executed, gemm_rate(device=dev), steps,
+                      off)
 
 
-def _time_training(ours: nn.Module, hf: nn.Module, config: BenchConfig, backbone: str, train_batch: int
+def _time_training(ours: dict[str, nn.Module], hf: nn.Module, config: BenchConfig, backbone: str, train_batch: int
                    ) -> tuple[dict[str, Stats], dict[str, int], dict[str, Callable[[], Any]]]:
     """Time one training step of each model interleaved, in the mode (models already prepared by
     ``_time_inference``); then, on CPU in fp32 with ``config.peak_rss``, each step's peak RSS in a process of its
     own. Returns (stats, peak bytes by implementation, ``{'train <impl>': step as the mode runs it}``)."""
     h, w = config.size
     dev = config.device
-    ours.train(), hf.train()
+    for model in (*ours.values(), hf):
+        model.train()
     gen = torch.Generator().manual_seed(config.seed)  # the inputs train_step draws
     xt = prepare_input(torch.randn(train_batch, 3, h, w, generator=gen).to(dev), config.mode)
     labels = torch.randint(0, NUM_CLASSES, (train_batch, h, w), generator=gen).to(dev)
@@ -281,15 +318,21 @@ def _images_per_s(config: BenchConfig, inf: _Inference, train: dict[str, Stats],
             **{f"train {n}": train_batch / s.median for n, s in train.items()}}
 
 
+def _infer_cells(name: str, inf: _Inference) -> list[str]:
+    """An inference row's diff of logits against HF and share of pixels with densekit fp32's label."""
+    diffs = {"densekit": inf.diff, OFF: inf.off.get("diff"), HF: 0.0}
+    labels = {BF16: inf.same_labels, BF16_OFF: inf.off.get("same_labels")}
+    diff = "0" if name == HF else f"{diffs[name]:.1e}" if diffs.get(name) is not None else "-"
+    return [diff, f"{100 * labels[name]:.2f}%" if labels.get(name) is not None else "-"]
+
+
 def _tables(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak: dict[str, int], train_batch: int,
             statuses: dict[str, str]) -> tuple[str, str]:
     """The inference and training tables: timings, images/s, diffs or peak RSS, ``compile`` mode's column."""
     istats = inf.stats
     mode_headers, mode_cells = mode_column(config.mode, statuses)
     rate = {case: images_per_s_text(r) for case, r in _images_per_s(config, inf, train, train_batch).items()}
-    infer_diffs = {n: [rate[f"infer {n}"], f"{inf.diff:.1e}" if n == "densekit" else "-" if n == BF16 else "0",
-                       f"{100 * inf.same_labels:.2f}%" if n == BF16 else "-", *mode_cells.get(f"infer {n}", [])]
-                   for n in istats}
+    infer_diffs = {n: [rate[f"infer {n}"], *_infer_cells(n, inf), *mode_cells.get(f"infer {n}", [])] for n in istats}
     infer_table = results_table(istats, HF, infer_diffs, ["images/s", f"max abs diff of logits vs HF ({config.mode})",
                                                           "pixels with densekit fp32's label", *mode_headers])
     train_table = results_table(train, HF, {n: [rate[f"train {n}"], f"{peak[n] / 2**20:.0f}" if n in peak else "-",
@@ -316,33 +359,14 @@ def _gpu_text(config: BenchConfig, inf: _Inference, train: dict[str, Stats], tra
     return "\n\n" + utilisation_markdown(cases, gpu, config.mode, counted).strip()
 
 
-def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: dict[str, Stats],
-              peak: dict[str, int], train_batch: int, statuses: dict[str, str], gpu: GpuRates | None = None) -> str:
-    """The suite's text: what is compared, how, the inference and training tables (with images/s and
-    ``compile`` mode's column from ``statuses``), ratios, compute rate, the mode's note and, with ``gpu`` (CUDA
-    runs), the GPU utilisation table."""
-    dev = config.device
-    istats = inf.stats
-    achieved = inf.flops / istats["densekit"].median
-    peak_ratio = peak["densekit"] / peak[HF] if len(peak) == 2 else None
-    peak_text = (f", peak memory of a training step **{peak_ratio:.2f}x** HF's (each measured in a process of its "
-                 "own: `VmHWM` after resetting it, minus the resident set before the step; those processes run "
-                 "after the timed rounds, and the machine table counts them as other processes' CPU use)"
-                 ) if peak_ratio else ""
-    bf16_text = (f" `{BF16}` is densekit under `torch.autocast('{dev}', dtype=torch.bfloat16)` timed in the same "
-                 f"rounds: **{istats[BF16].median / istats[HF].median:.2f}x** HF's fp32 time, "
-                 f"{100 * inf.same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in istats else ""
+def _what(pair: UperNetPair, config: BenchConfig, accel_rows: bool) -> str:
+    """The paragraph saying what is compared and how."""
     weights_text = (" HF initialises ConvNeXt's layer scales to 1e-6, which would leave every block's contribution "
                     "below the agreement tolerance, so they are set to U(0.5, 1) (seeded) before conversion."
                     ) if pair.spread_layer_scales else ""
-    published, skipped = ("; HF, mmsegmentation and official Swin all compute the padded window tokens, so this is "
-                          "the published count", "it skips the projections of padded tokens, work the others do and "
-                          "discard, and ") if pair.windowed else ("", "")
-    infer_table, train_table = _tables(config, inf, train, peak, train_batch, statuses)
-    ratio_i = istats["densekit"].median / istats[HF].median
-    ratio_t = train["densekit"].median / train[HF].median
-    return f"""
-What: densekit `EncoderDecoder` built from `{pair.config}` ({pair.densekit_text}; BatchNorm, 150 classes,
+    accel_text = (f" {ACCEL_WHAT} (every densekit row has its accel-off row, the models checked against HF alike)."
+                  ) if accel_rows else ""
+    return f"""What: densekit `EncoderDecoder` built from `{pair.config}` ({pair.densekit_text}; BatchNorm, 150 classes,
 FCN auxiliary head, drop path 0) against `transformers.UperNetForSemanticSegmentation` ({pair.hf_text}, drop
 path 0; UPerHead 512 channels, auxiliary head), holding HF's random weights (seed {config.seed}) converted by
 `densekit.convert.hf`.{weights_text} The upsampled logits are checked to agree within {AGREEMENT_TOL:g}
@@ -350,7 +374,54 @@ in fp32 before timing. Inference = logits at the input size (densekit's `mode='t
 bilinearly, as HF's `forward` does), under `torch.inference_mode()`. Training step = forward with the decode
 and 0.4 x auxiliary cross-entropy losses, backward, `torch.optim.AdamW` step, on random labels; both models
 in train mode (dropout on). Interleaved A/B rounds; median and min over {config.runs} rounds after
-{config.warmup} warm-up round(s); ratio = median / HF's median (below 1 = faster).
+{config.warmup} warm-up round(s); ratio = median / HF's median (below 1 = faster).{accel_text}"""
+
+
+def _ratios(config: BenchConfig, inf: _Inference, train: dict[str, Stats], peak: dict[str, int]) -> str:
+    """densekit against HF at the medians (inference, training, peak memory), and the accel switch's gains."""
+    istats = inf.stats
+    peak_ratio = peak["densekit"] / peak[HF] if "densekit" in peak and HF in peak else None
+    peak_text = (f", peak memory of a training step **{peak_ratio:.2f}x** HF's (each measured in a process of its "
+                 "own: `VmHWM` after resetting it, minus the resident set before the step; those processes run "
+                 "after the timed rounds, and the machine table counts them as other processes' CPU use)"
+                 ) if peak_ratio else ""
+    accel_text = "".join(f"\n`densekit.accel` on / off (median), {what}: {ratio}." for what, ratio in (
+        ("inference", accel_ratio(istats)), ("inference bf16", accel_ratio(istats, BF16)),
+        ("training step", accel_ratio(train))) if ratio)
+    return f"""densekit / HF (median): inference **{istats['densekit'].median / istats[HF].median:.2f}x** \
+({_ms(istats['densekit'].median)} ms vs
+{_ms(istats[HF].median)} ms), training step **{train['densekit'].median / train[HF].median:.2f}x**
+({_ms(train['densekit'].median)} ms vs {_ms(train[HF].median)} ms){peak_text}.{accel_text}"""
+
+
+def _compute_rate(pair: UperNetPair, inf: _Inference) -> str:
+    """The model's FLOPs against the machine's matmul rate, and what densekit executes."""
+    achieved = inf.flops / inf.stats["densekit"].median
+    published, skipped = ("; HF, mmsegmentation and official Swin all compute the padded window tokens, so this is "
+                          "the published count", "it skips the projections of padded tokens, work the others do and "
+                          "discard, and ") if pair.windowed else ("", "")
+    return f"""Compute rate: the model's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter` on HF's \
+forward:
+matmuls, convolutions and attention, 2 per multiply-add{published}), {achieved / 1e9:.1f} GFLOP/s at densekit's \
+median time =
+**{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
+({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
+{inf.executed_flops / 1e9:.1f} GFLOP: {skipped}on the CPU in fp32 it runs its widest 3x3 convolutions by
+Winograd F(2x2, 3x3) (`densekit/accel/winograd.py`, 2.25x fewer multiplies)."""
+
+
+def _markdown(pair: UperNetPair, config: BenchConfig, inf: _Inference, train: dict[str, Stats],
+              peak: dict[str, int], train_batch: int, statuses: dict[str, str], gpu: GpuRates | None = None) -> str:
+    """The suite's text: what is compared, how, the inference and training tables (with images/s and
+    ``compile`` mode's column from ``statuses``), ratios, compute rate, the mode's note and, with ``gpu`` (CUDA
+    runs), the GPU utilisation table."""
+    istats = inf.stats
+    bf16_text = (f" `{BF16}` is densekit under `torch.autocast('{config.device}', dtype=torch.bfloat16)` timed in "
+                 f"the same rounds: **{istats[BF16].median / istats[HF].median:.2f}x** HF's fp32 time, "
+                 f"{100 * inf.same_labels:.2f}% of pixels with densekit fp32's label.") if BF16 in istats else ""
+    infer_table, train_table = _tables(config, inf, train, peak, train_batch, statuses)
+    return f"""
+{_what(pair, config, OFF in istats)}
 
 Inference:
 
@@ -360,27 +431,21 @@ Training step (batch {train_batch}: BatchNorm needs two images at the 1x1 poolin
 
 {train_table}
 
-densekit / HF (median): inference **{ratio_i:.2f}x** ({_ms(istats['densekit'].median)} ms vs
-{_ms(istats[HF].median)} ms), training step **{ratio_t:.2f}x**
-({_ms(train['densekit'].median)} ms vs {_ms(train[HF].median)} ms){peak_text}.
+{_ratios(config, inf, train, peak)}
 
-Compute rate: the model's forward is {inf.flops / 1e9:.1f} GFLOP (`torch.utils.flop_counter` on HF's forward:
-matmuls, convolutions and attention, 2 per multiply-add{published}), {achieved / 1e9:.1f} GFLOP/s at densekit's \
-median time =
-**{achieved / inf.gemm_rate:.0%}** of this machine's fp32 matmul rate measured in the same run
-({inf.gemm_rate / 1e9:.1f} GFLOP/s, 2048x2048 `a @ b`, median of 5). densekit itself executes
-{inf.executed_flops / 1e9:.1f} GFLOP: {skipped}on the CPU in fp32 it runs its widest 3x3 convolutions by
-Winograd F(2x2, 3x3) (`densekit/accel/winograd.py`, 2.25x fewer multiplies).\
+{_compute_rate(pair, inf)}\
 {bf16_text}{_mode_text(config.mode, statuses)}\
 {_gpu_text(config, inf, train, train_batch, gpu)}
 """
 
 
 def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
-    """UPerNet (``UPERNETS[backbone]``) inference and training step, densekit against HF on identical weights,
-    in ``config.mode`` (applied to both models alike; agreement enforced in fp32 first)."""
+    """UPerNet (``UPERNETS[backbone]``) inference and training step, densekit (on the CPU with and without
+    ``densekit.accel``) against HF on identical weights, in ``config.mode`` (applied to every model alike;
+    agreement enforced in fp32 first)."""
     pair = UPERNETS[backbone]
-    ours, hf = build_upernet_pair(config.seed, backbone)
+    model, hf = build_upernet_pair(config.seed, backbone)
+    ours = with_accel_off("densekit", model, config.device)
     inf = _time_inference(ours, hf, config, pair.title)
     # BatchNorm cannot train on one image at the 1x1 pyramid-pooling scale (HF's and mmseg's alike).
     train_batch = max(2, config.batch)
@@ -400,13 +465,11 @@ def upernet_suite(name: str, backbone: str, config: BenchConfig) -> SuiteResult:
                               **({"compile": statuses} if statuses else {})})
 
 
-@register_suite
 def upernet_swin_t(config: BenchConfig) -> SuiteResult:
     """UPerNet-Swin-T inference and training step, densekit against HF transformers on identical weights."""
     return upernet_suite("upernet_swin_t", "swin_t", config)
 
 
-@register_suite
 def upernet_convnext_t(config: BenchConfig) -> SuiteResult:
     """UPerNet-ConvNeXt-T inference and training step, densekit against HF transformers on identical weights."""
     return upernet_suite("upernet_convnext_t", "convnext_t", config)

@@ -5,38 +5,45 @@ The peer is ``test_single_volume`` of the official repository (HuCaoFighting/Swi
 here on the same model: slice by slice, ``scipy.ndimage.zoom(order=3)`` of each slice to the model's input
 size, one forward per slice, argmax, ``zoom(order=0)`` of the labels back to the slice size. densekit runs
 batches of slices, resizes on the torch side (bicubic in, bilinear on the logits out) and argmaxes once per
-batch. Both use one model with identical weights; agreement is the fraction of voxels with the same label.
-Registered in ``benchmarks.harness`` on import (``tools/benchmark.py`` imports it).
+batch. Both use one model with identical weights, with ``densekit.accel``'s CPU fast paths; an "accel off" row
+runs densekit's loop on a copy without them. Agreement is the fraction of voxels with the same label. Listed in
+``benchmarks.run.SUITES``.
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import zoom
 from torch import nn
 
-from densekit import accel
+from densekit.apis import build_model, load_config
+from densekit.datasets.medical.zoom import zoom_images, zoom_labels
 from densekit.engine.compile import maybe_compile
+from densekit.inference.timing import Stats, compare
 from densekit.inference.volume import infer_volume
 
 from .harness import (
+    ACCEL_OFF,
+    ACCEL_WHAT,
     BenchConfig,
     SuiteResult,
     _ms,
-    compare,
+    accel_ratio,
     compile_statuses,
     gemm_rate,
     mode_column,
     mode_note,
     model_flops,
     prepare_model,
-    register_suite,
     results_table,
+    with_accel_off,
 )
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "swin_unet_t_synapse.py"
@@ -88,10 +95,6 @@ def fit_to_volume(model: nn.Module, volume: np.ndarray, labels: np.ndarray, iter
     CE + Dice) tens of steps from scratch leave the model on background, and then two loops agree trivially;
     balanced, 60 steps make it label organ voxels (in the docs runs 5.5-6% of the voxels, organ Dice 0.13-0.17: a weak
     segmentation, but with label boundaries where the two loops can differ). Leaves the model in eval mode."""
-    import torch.nn.functional as F
-
-    from densekit.datasets.medical.zoom import zoom_images, zoom_labels
-
     images = zoom_images(torch.from_numpy(volume)[:, None], INPUT_SIZE)
     targets = zoom_labels(torch.from_numpy(labels).long(), INPUT_SIZE)
     counts = torch.bincount(targets.reshape(-1)).float()
@@ -120,11 +123,8 @@ def organ_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def build_swin_unet(seed: int = 0) -> nn.Module:
     """The Swin-Unet of ``configs/swin_unet_t_synapse.py`` with seeded random weights, in eval mode."""
-    from densekit.apis import build_model, load_config
-
     torch.manual_seed(seed)
-    # densekit's CPU fast paths, as init_model installs them
-    return accel.optimize(build_model(load_config(str(CONFIG)), pretrained=False).eval())
+    return build_model(load_config(str(CONFIG)), pretrained=False).eval()
 
 
 class ComputeFloor(NamedTuple):
@@ -160,65 +160,83 @@ def compute_floor(per_slice: int, depth: int, medians: dict[str, float]) -> Comp
     return ComputeFloor(figures, text)
 
 
-@register_suite
-def swin_unet_volume(config: BenchConfig) -> SuiteResult:
-    """Volume inference (``--batch`` = slices, default 100 here when 1 is given; ``--size`` = slice size)."""
-    depth = config.batch if config.batch > 1 else 100
-    h, w = config.size
-    model = build_swin_unet(config.seed)
-    volume, labels = synthetic_volume(depth, h, w, config.seed)
-    fit_to_volume(model, volume, labels, TRAIN_ITERS, seed=config.seed)
-    per_slice = slice_flops(model)  # before any compile
-    # channels_last / compile change the one model both loops call (their 1-channel slices are the same bytes in
-    # either memory format); fp32 and bf16 keep the cases they always had.
-    new_mode = config.mode in ("channels_last", "compile")
-    maybe_compile(prepare_model(model, config.mode), enabled=config.mode == "compile")
+OFFICIAL = "official loop (zoom)"
+OFF = "densekit" + ACCEL_OFF
 
-    def densekit_case(dtype: torch.dtype | None, resize: str = "zoom") -> Callable[[], np.ndarray]:
-        def run() -> np.ndarray:
-            autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
-                return infer_volume(model, volume, batch_size=16, input_size=INPUT_SIZE, progress=False,
-                                    resize=resize)
 
-        return run
+def _volume_case(model: nn.Module, volume: np.ndarray, dtype: torch.dtype | None = None, resize: str = "zoom"
+                 ) -> Callable[[], np.ndarray]:
+    """densekit's ``infer_volume`` over ``volume`` with ``model``, under autocast to ``dtype`` if given."""
 
-    cases = {"official loop (zoom)": lambda: official_volume_loop(model, volume),
-             "densekit": densekit_case(None), "densekit bf16": densekit_case(torch.bfloat16),
-             "densekit, resize='bilinear'": densekit_case(None, "bilinear")}
-    if new_mode:
-        del cases["densekit bf16"], cases["densekit, resize='bilinear'"]
-    outputs = {name: fn() for name, fn in cases.items()}  # in compile mode, compiles (before the timed rounds)
-    reference = outputs["official loop (zoom)"]
-    agreement = {name: float((out == reference).mean()) for name, out in outputs.items()}
-    dice = {name: organ_dice(out, labels) for name, out in outputs.items()}
-    organ_share = {name: float((out > 0).mean()) for name, out in outputs.items()}
-    stats = compare(cases, max(0, config.warmup - 1), config.runs, "cpu")
-    floor = compute_floor(per_slice, depth, {name: stats[name].median for name in stats})
-    statuses = compile_statuses({name: model for name in cases}) if config.mode == "compile" else {}
+    def run() -> np.ndarray:
+        autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        with autocast:
+            return infer_volume(model, volume, batch_size=16, input_size=INPUT_SIZE, progress=False, resize=resize)
+
+    return run
+
+
+def _cases(models: dict[str, nn.Module], volume: np.ndarray, mode: str) -> dict[str, Callable[[], np.ndarray]]:
+    """The timed loops: the official one and densekit's on ``models['densekit']`` (with ``densekit.accel``),
+    densekit's on the accel-off copy where there is one, and in fp32 and bf16 modes densekit's under bf16
+    autocast and with ``resize='bilinear'``."""
+    model = models["densekit"]
+    cases = {OFFICIAL: lambda: official_volume_loop(model, volume), "densekit": _volume_case(model, volume)}
+    if OFF in models:
+        cases[OFF] = _volume_case(models[OFF], volume)
+    if mode not in ("channels_last", "compile"):
+        cases["densekit bf16"] = _volume_case(model, volume, torch.bfloat16)
+        cases["densekit, resize='bilinear'"] = _volume_case(model, volume, resize="bilinear")
+    return cases
+
+
+@dataclass
+class _Labels:
+    """How each loop's labels compare: with the official loop's, and with the volume's truth."""
+
+    agreement: dict[str, float]  # share of voxels with the official loop's label
+    dice: dict[str, float]  # mean organ Dice against the truth
+    organ_share: dict[str, float]  # share of voxels labelled organ
+
+    @classmethod
+    def of(cls, outputs: dict[str, np.ndarray], labels: np.ndarray) -> _Labels:
+        reference = outputs[OFFICIAL]
+        return cls({n: float((out == reference).mean()) for n, out in outputs.items()},
+                   {n: organ_dice(out, labels) for n, out in outputs.items()},
+                   {n: float((out > 0).mean()) for n, out in outputs.items()})
+
+
+def _table(config: BenchConfig, stats: dict[str, Stats], found: _Labels, statuses: dict[str, str]) -> str:
     mode_headers, mode_cells = mode_column(config.mode, statuses)
-    table = results_table(stats, "official loop (zoom)",
-                          {n: [f"{100 * agreement[n]:.2f}%", f"{100 * organ_share[n]:.1f}%", f"{dice[n]:.3f}",
-                               *mode_cells.get(n, [])] for n in outputs},
-                          ["voxels with the official loop's label", "voxels labelled organ",
-                           "mean organ Dice vs the volume's truth", *mode_headers])
+    return results_table(stats, OFFICIAL,
+                         {n: [f"{100 * found.agreement[n]:.2f}%", f"{100 * found.organ_share[n]:.1f}%",
+                              f"{found.dice[n]:.3f}", *mode_cells.get(n, [])] for n in stats},
+                         ["voxels with the official loop's label", "voxels labelled organ",
+                          "mean organ Dice vs the volume's truth", *mode_headers])
+
+
+def _notes(config: BenchConfig, found: _Labels, statuses: dict[str, str]) -> str:
+    """The mode's note and the caveat of a model that labels almost nothing organ, each after a blank line."""
     note = mode_note(config.mode, statuses, compiled_what="the one model both loops call has its forward compiled "
                      "by `densekit.engine.compile.maybe_compile`")
     if config.mode == "channels_last":
         note += (" The slices have one channel, the same bytes in either memory format, so here only the model's "
                  "weights change (its patch embedding and output convolutions).")
-    note_text = f"\n\n{note}" if note else ""
     caveat = ("\n\n**Caveat:** the model labels under 1% of the voxels organ in this run, so the voxel agreement "
               "above says little about how the two loops' labels differ; the timings stand."
-              ) if organ_share["official loop (zoom)"] < 0.01 else ""
-    mode_title = f", {config.mode}" if new_mode else ""
-    title = f"Swin-Unet volume inference, {depth} slices of {h}x{w}, model input 224x224{mode_title}, cpu"
-    ratio = stats["densekit"].median / stats["official loop (zoom)"].median
+              ) if found.organ_share[OFFICIAL] < 0.01 else ""
+    return caveat + (f"\n\n{note}" if note else "")
+
+
+def _markdown(config: BenchConfig, table: str, stats: dict[str, Stats], floor: ComputeFloor, notes: str) -> str:
+    new_mode = config.mode in ("channels_last", "compile")
+    ratio = stats["densekit"].median / stats[OFFICIAL].median
     precision = (f"fp32, mode `{config.mode}`, see below" if new_mode
                  else "fp32, and under\n`torch.autocast('cpu', dtype=torch.bfloat16)`")
     precision += ") against the official Swin-Unet `test_single_volume` loop"
-    ratio_mode = config.mode if new_mode else "fp32"
-    markdown = f"""
+    accel_text = f" {ACCEL_WHAT}; the official loop calls the same model as `densekit`." if OFF in stats else ""
+    accel_gain = f"\n`densekit.accel` on / off (median): {accel_ratio(stats)}." if OFF in stats else ""
+    return f"""
 What: `densekit.inference.volume.infer_volume(model, volume, batch_size=16, resize='zoom')` (batches of 16
 slices, the official resizing computed exactly on the torch side by `densekit.datasets.medical.zoom`: cubic-spline
 zoom to 224x224 as two matmuls, one argmax per batch at 224x224, nearest zoom of the labels back as two gathers;
@@ -227,15 +245,50 @@ the same Swin-Unet (`configs/swin_unet_t_synapse.py`, seeded random weights fitt
 {TRAIN_ITERS} steps of `fit_to_volume`) and a synthetic volume of 4 ellipsoid organs. The `resize='bilinear'` row
 is `infer_volume`'s default (torch bicubic in, logits resized back bilinearly before the argmax: smoother
 boundaries, other labels there). Median and min over {config.runs} interleaved rounds; ratio = median / the
-official loop's median.
+official loop's median.{accel_text}
 
 {table}
 
-densekit / official loop (median, {ratio_mode}): **{ratio:.2f}x** ({_ms(stats['densekit'].median)} ms vs
-{_ms(stats['official loop (zoom)'].median)} ms).
+densekit / official loop (median, {config.mode if new_mode else "fp32"}): **{ratio:.2f}x** \
+({_ms(stats['densekit'].median)} ms vs
+{_ms(stats[OFFICIAL].median)} ms).{accel_gain}
 
-{floor.text}{caveat}{note_text}
+{floor.text}{notes}
 """
-    extra = {"agreement": agreement, "dice": dice, "organ_share": organ_share, "floor": floor.figures,
-             **({"compile": statuses} if statuses else {})}
+
+
+def _fitted_models(config: BenchConfig, volume: np.ndarray, labels: np.ndarray) -> dict[str, nn.Module]:
+    """The suite's Swin-Unet fitted to the volume, with and without ``densekit.accel`` (``with_accel_off``)."""
+    model = build_swin_unet(config.seed)
+    fit_to_volume(model, volume, labels, TRAIN_ITERS, seed=config.seed)
+    return with_accel_off("densekit", model, "cpu")
+
+
+def _apply_mode(models: dict[str, nn.Module], mode: str) -> None:
+    """channels_last converts every model, compile compiles each one's forward, in place; fp32 and bf16 keep the
+    cases they always had (the 1-channel slices are the same bytes in either memory format)."""
+    for model in models.values():
+        maybe_compile(prepare_model(model, mode), enabled=mode == "compile")
+
+
+def swin_unet_volume(config: BenchConfig) -> SuiteResult:
+    """Volume inference (``--batch`` = slices, default 100 here when 1 is given; ``--size`` = slice size)."""
+    depth = config.batch if config.batch > 1 else 100
+    h, w = config.size
+    volume, labels = synthetic_volume(depth, h, w, config.seed)
+    models = _fitted_models(config, volume, labels)
+    per_slice = slice_flops(models["densekit"])  # before any compile
+    _apply_mode(models, config.mode)
+    cases = _cases(models, volume, config.mode)
+    outputs = {name: fn() for name, fn in cases.items()}  # in compile mode, compiles (before the timed rounds)
+    found = _Labels.of(outputs, labels)
+    stats = compare(cases, max(0, config.warmup - 1), config.runs, "cpu")
+    floor = compute_floor(per_slice, depth, {name: stats[name].median for name in stats})
+    statuses = (compile_statuses({n: models[OFF if n == OFF else "densekit"] for n in cases})
+                if config.mode == "compile" else {})
+    markdown = _markdown(config, _table(config, stats, found, statuses), stats, floor, _notes(config, found, statuses))
+    mode_title = f", {config.mode}" if config.mode in ("channels_last", "compile") else ""
+    title = f"Swin-Unet volume inference, {depth} slices of {h}x{w}, model input 224x224{mode_title}, cpu"
+    extra = {"agreement": found.agreement, "dice": found.dice, "organ_share": found.organ_share,
+             "floor": floor.figures, **({"compile": statuses} if statuses else {})}
     return SuiteResult("swin_unet_volume", title, stats, markdown, extra=extra)

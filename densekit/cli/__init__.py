@@ -1,7 +1,7 @@
 """The ``densekit`` command: one subcommand per tool, each the same code as its ``tools/*.py`` script.
 
     densekit --help                   # the table below
-    densekit train CONFIG [...]       # = python tools/train.py CONFIG [...]
+    densekit train CONFIG [...]       # = python tools/train.py CONFIG [...]; CONFIG: a file or a shipped name
     densekit train --help             # the subcommand's arguments and examples
 
 The subcommand's module (``densekit/cli/<name>.py``, with ``main(argv)``) is imported only when it runs, so
@@ -26,7 +26,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "train a model from a config (mmengine Runner)",
-                     "densekit train configs/upernet_swin_t_demo.py --work-dir work_dirs/demo", True),
+                     "densekit train upernet_swin_t_demo --work-dir work_dirs/demo", True),
     "test": Command("test", "evaluate a checkpoint on a config's test set (mIoU, DSC/HD95, proposal AR)",
                     "densekit test configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth --tta", True),
     "infer": Command("infer", "segment images, volumes or folders of either; draw RPN proposals",
@@ -34,8 +34,8 @@ COMMANDS: dict[str, Command] = {
                      "--out-dir preds", True),
     "convert": Command("convert", "convert official/timm/mmseg/mmdet/HF/torchvision checkpoints to densekit",
                        "densekit convert swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify", False),
-    "benchmark": Command("benchmark", "time densekit against peer implementations",
-                         "densekit benchmark --suite swin_t_backbone --size 512 512 --runs 7", False),
+    "benchmark": Command("benchmark", "measure a config's model: latency, images/s, peak memory",
+                         "densekit benchmark upernet_swin_t_ade --shape 512 512 --mode bf16", True),
     "export": Command("export", "export a segmentor to ONNX and check it against PyTorch with onnxruntime",
                       "densekit export configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth --shape 256 256 "
                       "--dynamic", True),

@@ -1,10 +1,12 @@
 """Quickstart demo (what ``make demo`` runs): train UPerNet + Swin-T on the generated demo dataset on the CPU,
-evaluate it, and write prediction overlays and loss/mIoU curves under the work dir.
+evaluate it, and write prediction overlays and loss/mIoU curves under the work dir. The generated data
+(data/densekit_demo) and the work dir are written under the current directory.
 
 Examples:
-    python tools/demo.py                                  # 5-10 min on 2 CPU cores; work_dirs/demo
-    python tools/demo.py --iters 100 --work-dir /tmp/demo  # shorter
-    python tools/demo.py --backbones-only                 # the backbone demo: feature shapes and timings
+    densekit demo                                  # 5-10 min on 2 CPU cores; work_dirs/demo
+    densekit demo --iters 100 --work-dir /tmp/demo  # shorter (the mIoU target is not judged then)
+    densekit demo --backbones-only                 # the backbone demo: feature shapes and timings
+    python tools/demo.py --iters 100               # the same, from a checkout
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from densekit.cli.common import run_tool  # noqa: E402
 from densekit.engine.demo import (  # noqa: E402
     DEFAULT_BACKBONES,
     DEFAULT_WORK_DIR,
-    DEMO_CONFIG,
+    DEMO_NAME,
+    TARGET_MIOU,
     load_demo_config,
     run_backbone_demo,
     run_segmentation_demo,
@@ -30,7 +33,8 @@ from densekit.engine.demo import (  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="densekit demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(DEMO_CONFIG), help="demo config (default: %(default)s)")
+    parser.add_argument("--config", default=DEMO_NAME,
+                        help="demo config: a shipped config's name or a file (default: %(default)s)")
     parser.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="logs, checkpoint, pictures (%(default)s)")
     parser.add_argument("--iters", type=int, help="training iterations (default: the config's)")
     parser.add_argument("--backbones-only", action="store_true", help="run the backbone demo instead")
@@ -43,8 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         run_backbone_demo(tuple(args.backbones), tuple(args.size), args.runs)
         return
     cfg = load_demo_config(args.config, max_iters=args.iters)
-    result = run_segmentation_demo(cfg, work_dir=args.work_dir)
-    if not result["reached"]:
+    # TARGET_MIOU is calibrated for the config's whole schedule: a run shortened by --iters reports its mIoU
+    # without failing on it (exit 1 only where the full schedule misses the target)
+    full = args.iters is None or args.iters >= load_demo_config(args.config).train_cfg.max_iters
+    result = run_segmentation_demo(cfg, work_dir=args.work_dir, target=TARGET_MIOU if full else None)
+    if result["reached"] is False:
         raise SystemExit(1)
 
 

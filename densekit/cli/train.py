@@ -1,6 +1,9 @@
 """Train a model from a config with mmengine's Runner.
 
+CONFIG is a config file or the name of a config densekit ships (``upernet_swin_t_demo``, from any directory).
+
 Examples:
+    densekit train upernet_swin_t_demo --work-dir work_dirs/demo   # a shipped config, by name
     python tools/train.py configs/upernet_swin_t_ade.py
     python tools/train.py configs/upernet_swin_t_demo.py --work-dir work_dirs/demo --cfg-options train_cfg.max_iters=100
     python tools/train.py configs/upernet_swin_t_ade.py --resume          # continue from the latest checkpoint
@@ -25,7 +28,8 @@ from densekit.engine.runner import train
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="densekit train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="config file, e.g. configs/upernet_swin_t_ade.py")
+    parser.add_argument("config", help="config file or shipped config name, e.g. configs/upernet_swin_t_ade.py or "
+                        "upernet_swin_t_ade")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default work_dirs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
     parser.add_argument("--deterministic", action="store_true",

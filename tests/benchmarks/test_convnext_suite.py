@@ -3,17 +3,15 @@ they run through the CLI, give a ratio row per case, pass their agreement checks
 when the weights differ."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from mode_stubs import failing_compile, record_prepare_model
 
 from benchmarks import convnext as bench_convnext
 from benchmarks import harness as benchmark
+from benchmarks import run
+from benchmarks.run import run_suite
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 
@@ -26,10 +24,8 @@ def one_thread():
 
 
 def _run_tool(argv: list[str]) -> benchmark.SuiteResult:
-    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(argv + ["--size", str(SIZE), str(SIZE), "--runs", "1", "--warmup", "0", "--threads", "1"])
+    """``python -m benchmarks ARGV`` at the tiny size, one round."""
+    return run.main(argv + ["--size", str(SIZE), str(SIZE), "--runs", "1", "--warmup", "0", "--threads", "1"])
 
 
 def _ratio_rows(markdown: str, peer: str) -> dict[str, float]:
@@ -53,7 +49,7 @@ def test_convnext_t_backbone_suite(tmp_path):
     assert set(_ratio_rows(result.markdown, "timm")) == {"densekit", "timm"}
     text = doc.read_text()
     assert "<!-- bench:convnext_t_backbone.cpu.fp32 -->" in text
-    assert "python tools/benchmark.py --suite convnext_t_backbone" in text and "--size 64 64" in text
+    assert "python -m benchmarks --suite convnext_t_backbone" in text and "--size 64 64" in text
 
 
 def test_convnext_t_backbone_suite_channels_last(tmp_path, monkeypatch):
@@ -78,7 +74,7 @@ def test_convnext_t_backbone_suite_compile_reports_a_fallback(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", failing_compile({2}))
     with pytest.warns(CompileFallbackWarning, match="torch.compile of timm failed") as record:
-        result = benchmark.run_suite("convnext_t_backbone", benchmark.BenchConfig(size=(SIZE, SIZE), runs=1,
+        result = run_suite("convnext_t_backbone", benchmark.BenchConfig(size=(SIZE, SIZE), runs=1,
                                                                                   warmup=0, mode="compile"))
     assert len(record) == 1
     assert result.extra["compile"]["densekit"] == "compiled"
@@ -91,7 +87,7 @@ def test_convnext_t_backbone_suite_compile_reports_a_fallback(monkeypatch):
 
 def test_convnext_t_backbone_refuses_sizes_timm_would_floor():
     with pytest.raises(ValueError, match="multiples of 32"):
-        benchmark.run_suite("convnext_t_backbone", benchmark.BenchConfig(size=(100, 64), runs=1, warmup=0))
+        run_suite("convnext_t_backbone", benchmark.BenchConfig(size=(100, 64), runs=1, warmup=0))
 
 
 def _perturb_one_block(timm_convnext: torch.nn.Module) -> None:
@@ -121,13 +117,16 @@ def test_upernet_convnext_t_suite():
     pytest.importorskip("transformers")
     result = _run_tool(["--suite", "upernet_convnext_t", "--no-peak-rss"])
     assert result.name == "upernet_convnext_t"
+    # the suite is upernet_swin_t's with ConvNeXt-T: every densekit case has its accel-off row (the CPU)
     assert set(result.stats) == {"infer densekit", "infer HF transformers", "infer densekit bf16 autocast",
-                                 "train densekit", "train HF transformers"}
+                                 "train densekit", "train HF transformers", "infer densekit (accel off)",
+                                 "infer densekit bf16 autocast (accel off)", "train densekit (accel off)"}
     assert all(len(s.times) == 1 and s.median > 0 for s in result.stats.values())
     assert result.extra["max_abs_diff"] <= benchmark.AGREEMENT_TOL
     assert result.extra["peak_rss"] == {}  # --no-peak-rss
     rows = _ratio_rows(result.markdown, "HF transformers")
-    assert set(rows) == {"densekit", "HF transformers", "densekit bf16 autocast"}
+    assert set(rows) == {"densekit", "HF transformers", "densekit bf16 autocast", "densekit (accel off)",
+                         "densekit bf16 autocast (accel off)"}
     assert result.markdown.count("| densekit |") == 2  # inference and training tables
     assert "configs/upernet_convnext_t_ade.py" in result.markdown and "U(0.5, 1)" in result.markdown
 

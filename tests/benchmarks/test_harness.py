@@ -1,28 +1,14 @@
-"""Smoke tests of the benchmark machinery (benchmarks.harness, tools/benchmark.py): fast, tiny inputs."""
+"""Smoke tests of the benchmark machinery (benchmarks.harness, benchmarks.run: ``python -m benchmarks``): fast,
+tiny inputs. The Swin-T backbone suite's tests are in test_swin_suite.py, the timing's in
+tests/inference/test_timing.py."""
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import harness as benchmark
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_time_fn_and_compare_interleave():
-    calls = []
-    assert len(benchmark.time_fn(lambda: calls.append("x"), warmup=2, runs=3)) == 3
-    assert len(calls) == 5
-
-    order = []
-    stats = benchmark.compare({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, runs=3)
-    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B, B A, A B
-    assert set(stats) == {"a", "b"}
-    for s in stats.values():
-        assert len(s.times) == 3 and s.min <= s.median and s.peak_mem is None
+from benchmarks import run
+from benchmarks.run import run_suite
 
 
 def test_markdown_table():
@@ -47,66 +33,11 @@ def test_update_section_keeps_other_sections(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["benchmarks.md"]  # no temp file left behind
 
 
-def test_swin_agreement_size():
-    assert benchmark.swin_agreement_size(448) == 448
-    assert benchmark.swin_agreement_size(512) == 448
-    assert benchmark.swin_agreement_size(64) == 224
-    assert benchmark.swin_agreement_size(56) == 56
-
-
-def test_swin_t_backbone_suite(tmp_path, capsys):
-    """The whole CLI path on a tiny input: build, agreement check, interleaved timing, docs section."""
-    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    threads = torch.get_num_threads()
-    doc = tmp_path / "benchmarks.md"
-    try:
-        result = tool.main(["--size", "64", "64", "--runs", "1", "--warmup", "0", "--threads", "1", "--write",
-                            "--docs", str(doc)])
-    finally:
-        torch.set_num_threads(threads)
-
-    names = ["densekit", "densekit (reference attn)", "timm", "timm (fused_attn=True)", benchmark.TIMM_DYNAMIC]
-    assert list(result.stats) == names
-    for s in result.stats.values():
-        assert len(s.times) == 1 and s.median > 0 and s.peak_mem is None
-    assert result.extra["check_size"] == (224, 224)  # 64 is not window-safe for timm; see swin_agreement_size
-    assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL
-    assert benchmark.TIMM_DYNAMIC not in result.extra["check_diffs"]  # a different model at 64: timed only
-
-    text = doc.read_text()
-    assert "<!-- bench:swin_t_backbone.cpu.fp32 -->" in text and "<!-- /bench:swin_t_backbone.cpu.fp32 -->" in text
-    assert "python tools/benchmark.py --size 64 64 --runs 1 --warmup 0" in text
-    assert "| implementation | median ms | min ms | ratio vs timm |" in text
-    for name in names:
-        assert f"| {name} |" in text
-    assert "| torch threads (get_num_threads) | 1 |" in text
-    assert f"| {benchmark.TIMM_DYNAMIC} |" in text and "| not checked |" in text
-    assert f"; against `{benchmark.TIMM_DYNAMIC}`: **" in text
-    assert "updated section" in capsys.readouterr().out
-
-
-def test_timm_swin_built_with_strict_img_size_false_holds_the_same_weights():
-    """The suite's ``timm (strict_img_size=False)`` is timm's 224 build run at other sizes: the same weights as the
-    ``timm`` rows, so at 224 it gives their outputs; at 512 it is added only for the timed size."""
-    _, peers = benchmark.build_swin_t_models([(224, 224), (512, 512)], "cpu", dynamic_size=(512, 512))
-    dynamic = peers[(512, 512)][benchmark.TIMM_DYNAMIC]
-    assert benchmark.TIMM_DYNAMIC not in peers[(224, 224)]
-    x = torch.randn(1, 3, 224, 224)
-    with torch.inference_mode():
-        same = benchmark.max_abs_diff(dynamic.forward_intermediates(x, intermediates_only=True),
-                                      peers[(224, 224)]["timm"].forward_intermediates(x, intermediates_only=True))
-    assert same == 0
-    _, at_224 = benchmark.build_swin_t_models([(224, 224)], "cpu", dynamic_size=(224, 224))
-    assert benchmark.TIMM_DYNAMIC not in at_224[(224, 224)]  # at 224 it would be the `timm` row itself
-
-
 def test_bad_config():
     with pytest.raises(ValueError):
         benchmark.BenchConfig(mode="fp8")
     with pytest.raises(KeyError, match="swin_t_backbone"):
-        benchmark.run_suite("nope", benchmark.BenchConfig())
+        run_suite("nope", benchmark.BenchConfig())
 
 
 def test_cuda_config_without_cuda_fails_clearly(monkeypatch):
@@ -114,7 +45,7 @@ def test_cuda_config_without_cuda_fails_clearly(monkeypatch):
     with pytest.raises(RuntimeError, match=r"--device cuda asked for, but torch.cuda.is_available\(\) is False"):
         benchmark.BenchConfig(device="cuda")
     with pytest.raises(RuntimeError, match="torch.cuda.is_available"):
-        _load_tool().main(["--suite", "upernet_swin_t", "--device", "cuda", "--mode", "bf16", "--batch", "16"])
+        run.main(["--suite", "upernet_swin_t", "--device", "cuda", "--mode", "bf16", "--batch", "16"])
 
 
 def test_peak_tflops_option_reaches_the_config(monkeypatch):
@@ -122,16 +53,15 @@ def test_peak_tflops_option_reaches_the_config(monkeypatch):
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="peak_tflops must be positive"):
             benchmark.BenchConfig(peak_tflops=bad)
-    tool = _load_tool()
-    assert tool.parse_args([]).peak_tflops is None
+    assert run.parse_args([]).peak_tflops is None
     configs = []
 
     def fake_run(name: str, config: benchmark.BenchConfig) -> benchmark.SuiteResult:
         configs.append(config)
         return benchmark.SuiteResult(name, "fake", {}, "body")
 
-    monkeypatch.setattr(benchmark, "run_suite", fake_run)
-    tool.main(["--suite", "upernet_swin_t", "--peak-tflops", "500", "--threads", str(torch.get_num_threads())])
+    monkeypatch.setattr(run, "run_suite", fake_run)
+    run.main(["--suite", "upernet_swin_t", "--peak-tflops", "500", "--threads", str(torch.get_num_threads())])
     assert configs[0].peak_tflops == 500.0
 
 
@@ -139,13 +69,11 @@ def test_upernet_suite_smoke():
     """The UPerNet suite checks agreement with HF and times inference and a training step (256x256: every
     stage is larger than the window, where HF's SwinBackbone and official Swin agree)."""
     pytest.importorskip("transformers")
-    from benchmarks import upernet as bench_upernet  # noqa: F401  (registers the suite)
-
-    result = benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(256, 256), runs=1, warmup=0,
-                                                                         peak_rss=False))
+    result = run_suite("upernet_swin_t", benchmark.BenchConfig(size=(256, 256), runs=1, warmup=0, peak_rss=False))
     assert result.extra["max_abs_diff"] < 1e-4
     assert set(result.stats) == {"infer densekit", "infer HF transformers", "infer densekit bf16 autocast",
-                                 "train densekit", "train HF transformers"}
+                                 "train densekit", "train HF transformers", "infer densekit (accel off)",
+                                 "infer densekit bf16 autocast (accel off)", "train densekit (accel off)"}
     assert result.extra["same_labels_bf16"] > 0.9 and 0 < result.extra["gflops"] < 1000
     assert "Training step" in result.markdown and all(s.median > 0 for s in result.stats.values())
     assert result.extra["images_per_s"]["train densekit"] == pytest.approx(2 / result.stats["train densekit"].median)
@@ -197,19 +125,12 @@ def test_model_flops_counts_the_fused_cpu_inference_path():
 # this file as tests.benchmarks.test_harness in a process of its own, where tests/ is not on sys.path.
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
-
-
 def test_modes_are_accepted_and_get_their_own_sections():
     assert benchmark.MODES == ("fp32", "bf16", "channels_last", "compile")
     for mode in benchmark.MODES:
         config = benchmark.BenchConfig(mode=mode)
         assert benchmark.section_name("upernet_swin_t", config) == f"upernet_swin_t.cpu.{mode}"
-    assert _load_tool().parse_args(["--mode", "channels_last"]).mode == "channels_last"
+    assert run.parse_args(["--mode", "channels_last"]).mode == "channels_last"
 
 
 def test_prepare_model_input_and_step():
@@ -243,99 +164,55 @@ def test_mode_note_and_column():
     assert "Every case ran compiled." in benchmark.mode_note("compile", {"a": "compiled"})
 
 
-def test_swin_t_backbone_suite_channels_last(tmp_path, monkeypatch):
-    """channels_last reaches every model and the input through the CLI, and gets its own docs section."""
-    from mode_stubs import record_prepare_model
-
-    prepared = record_prepare_model(monkeypatch, benchmark)
-    threads = torch.get_num_threads()
-    doc = tmp_path / "benchmarks.md"
-    try:
-        result = _load_tool().main(["--size", "64", "64", "--runs", "1", "--warmup", "0", "--threads", "1",
-                                    "--mode", "channels_last", "--write", "--docs", str(doc)])
-    finally:
-        torch.set_num_threads(threads)
-    assert sorted(prepared) == [("densekit", "channels_last")] * 2 + [("timm", "channels_last")] * 3
-    assert max(result.extra["check_diffs"].values()) <= benchmark.AGREEMENT_TOL  # the fp32 check, unchanged
-    assert result.extra["run_diffs"]["timm (fused_attn=True)"] < 1e-4  # same model and semantics as timm
-    assert "compile" not in result.extra
-    text = doc.read_text()
-    assert "<!-- bench:swin_t_backbone.cpu.channels_last -->" in text and "bench:swin_t_backbone.cpu.fp32" not in text
-    assert "Swin-T backbone forward, 64x64, batch 1, channels_last, cpu" in text
-    assert "max abs diff vs timm, channels_last @ 64x64" in text and "Mode `channels_last`" in text
-
-
-def test_swin_t_backbone_suite_compile_reports_fallbacks(monkeypatch):
-    """compile mode: densekit's two steps 'compile' (the stand-in returns them as they are), timm's two fail at
-    their first call and fall back to eager, one warning each; the table and notes say which is which."""
-    from mode_stubs import failing_compile
-
-    from densekit.engine.compile import CompileFallbackWarning
-
-    monkeypatch.setattr(torch, "compile", failing_compile({3, 4}))
-    with pytest.warns(CompileFallbackWarning) as record:
-        result = benchmark.run_suite("swin_t_backbone", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
-                                                                              mode="compile"))
-    assert sorted(str(w.message).split(" of ")[1].split(" failed (")[0] for w in record) == [
-        "timm", "timm (fused_attn=True)"]
-    assert result.extra["compile"]["densekit"] == "compiled"
-    assert result.extra["compile"]["timm"].startswith("eager (the compiled call raised RuntimeError: C++ compile")
-    assert result.extra["run_diffs"]["timm"] == 0  # the fallback returned timm's eager outputs
-    assert "| torch.compile |" in result.markdown
-    assert "| densekit (reference attn) |" in result.markdown and "| compiled |" in result.markdown
-    assert "| eager fallback |" in result.markdown and "Fell back to eager: `timm`: eager (" in result.markdown
-
-
 def test_upernet_suite_compile_falls_back_to_eager(monkeypatch):
-    """All four steps (inference and training, densekit and HF) fail to compile: the suite still times them
-    eagerly, says so, and drops fp32's extra bf16 case. UPerNet-ConvNeXt-T at 64x64 (the suites share
-    ``upernet_suite``): the fp32 agreement check runs first in every mode, and Swin-T agrees with HF's only
+    """All six steps (inference and training; densekit, densekit with accel off and HF) fail to compile: the
+    suite still times them eagerly, says so, and drops fp32's extra bf16 cases. UPerNet-ConvNeXt-T at 64x64 (the
+    suites share ``upernet_suite``): the fp32 agreement check runs first in every mode, and Swin-T agrees with HF's only
     where every stage is larger than the window (see test_upernet_suite_smoke)."""
     pytest.importorskip("transformers")
     from mode_stubs import failing_compile
 
-    from benchmarks import upernet as bench_upernet  # noqa: F401  (registers the suite)
     from densekit.engine.compile import CompileFallbackWarning
 
-    monkeypatch.setattr(torch, "compile", failing_compile({1, 2, 3, 4}))
+    monkeypatch.setattr(torch, "compile", failing_compile({1, 2, 3, 4, 5, 6}))
     with pytest.warns(CompileFallbackWarning) as record:
-        result = benchmark.run_suite("upernet_convnext_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
-                                                                                 mode="compile", peak_rss=False))
-    assert len(record) == 4
-    assert set(result.extra["compile"]) == {"infer densekit", "infer HF transformers", "train densekit",
-                                            "train HF transformers"}
+        result = run_suite("upernet_convnext_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
+                                                                       mode="compile", peak_rss=False))
+    assert len(record) == 6
+    cases = {f"{step} {impl}" for step in ("infer", "train")
+             for impl in ("densekit", "densekit (accel off)", "HF transformers")}
+    assert set(result.extra["compile"]) == cases
     assert all(s.startswith("eager (") for s in result.extra["compile"].values())
-    assert set(result.stats) == {"infer densekit", "infer HF transformers", "train densekit", "train HF transformers"}
+    assert set(result.stats) == cases
     assert result.extra["max_abs_diff"] <= benchmark.AGREEMENT_TOL  # compile mode's diff (here eager), reported
-    assert result.markdown.count("| eager fallback |") == 4 and "enforced in fp32 mode" in result.markdown
+    assert result.markdown.count("| eager fallback |") == 6 and "enforced in fp32 mode" in result.markdown
 
 
 def test_upernet_suite_checks_fp32_agreement_in_every_mode():
     """channels_last does not skip the fp32 check: UPerNet-Swin-T at 64x64 (stages smaller than the window,
     where HF's Swin pads differently) fails it before anything is timed, as in fp32 and bf16."""
     pytest.importorskip("transformers")
-    from benchmarks import upernet as bench_upernet  # noqa: F401  (registers the suite)
-
     with pytest.raises(AssertionError, match="UPerNet-Swin-T logits against HF's at 64x64 disagree"):
-        benchmark.run_suite("upernet_swin_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0,
-                                                                    mode="channels_last", peak_rss=False))
+        run_suite("upernet_swin_t", benchmark.BenchConfig(size=(64, 64), runs=1, warmup=0, mode="channels_last",
+                                                          peak_rss=False))
 
 
 @pytest.mark.parametrize("mode", ["channels_last", "compile"])
 @pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")  # no organ in 2 slices
 def test_swin_unet_volume_suite_new_modes(monkeypatch, mode):
-    """Both loops call the one model: channels_last converts it, compile compiles its forward (here the
-    stand-in compile returns it as it is); the fp32/bf16 pair of densekit cases becomes one case."""
+    """Both loops call the one model: channels_last converts it (and the accel-off copy), compile compiles its
+    forward (here the stand-in compile returns it as it is); the fp32/bf16 pair of densekit cases becomes one case,
+    beside its accel-off row."""
     from mode_stubs import failing_compile
 
     from benchmarks import volume as bench_volume
 
     monkeypatch.setattr(bench_volume, "TRAIN_ITERS", 1)  # the fit only makes the labels organs; not needed here
     monkeypatch.setattr(torch, "compile", failing_compile(set()))
-    result = benchmark.run_suite("swin_unet_volume", benchmark.BenchConfig(size=(32, 32), batch=2, runs=1,
-                                                                           warmup=0, mode=mode))
-    assert list(result.stats) == ["official loop (zoom)", "densekit"]
+    result = run_suite("swin_unet_volume", benchmark.BenchConfig(size=(32, 32), batch=2, runs=1, warmup=0, mode=mode))
+    assert list(result.stats) == ["official loop (zoom)", "densekit", "densekit (accel off)"]
     assert f"model input 224x224, {mode}, cpu" in result.title and f"Mode `{mode}`" in result.markdown
     assert result.extra["agreement"]["densekit"] > 0.5
     if mode == "compile":
-        assert result.extra["compile"] == {"official loop (zoom)": "compiled", "densekit": "compiled"}
+        assert result.extra["compile"] == {"official loop (zoom)": "compiled", "densekit": "compiled",
+                                           "densekit (accel off)": "compiled"}

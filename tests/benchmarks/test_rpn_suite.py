@@ -12,7 +12,7 @@ from torchvision.ops import remove_small_boxes
 
 from benchmarks import harness as benchmark
 from benchmarks import rpn as bench_rpn
-from densekit.cli.benchmark import main
+from benchmarks.run import main, run_suite
 from densekit.heads import RPNHead
 
 
@@ -38,7 +38,7 @@ def test_suite_runs_through_the_cli_with_both_rows_and_agreeing_heads(tmp_path):
 
 def _run_suite(mode: str) -> benchmark.SuiteResult:
     """The suite at 128x128, one round, no warm-up, in ``mode``."""
-    return benchmark.run_suite("rpn_r50_fpn", benchmark.BenchConfig(size=(128, 128), runs=1, warmup=0, mode=mode))
+    return run_suite("rpn_r50_fpn", benchmark.BenchConfig(size=(128, 128), runs=1, warmup=0, mode=mode))
 
 
 def test_suite_channels_last_converts_both_models_after_the_fp32_check(monkeypatch):
