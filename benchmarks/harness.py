@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from densekit import accel
 from densekit.engine.compile import compile_status, compile_with_fallback
 from densekit.fileio import save_atomically
-from densekit.inference.benchmark import DEVICES, MODES, markdown_table
+from densekit.inference.benchmark import DEVICES, MODES, check_mode_and_device, markdown_table  # noqa: F401 (the suites' vocabulary)
 from densekit.inference.timing import Stats, time_fn
 
 # --------------------------------------------------------------------------- rates and FLOPs
@@ -225,12 +225,7 @@ class BenchConfig:
     peak_tflops: float | None = None  # CUDA: the card's dense bf16 peak for MFU, else looked up (benchmarks.mfu)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but torch.cuda.is_available() is False")
+        check_mode_and_device(self.mode, self.device)
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ValueError(f"peak_tflops must be positive, got {self.peak_tflops!r}")
 

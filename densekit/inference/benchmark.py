@@ -39,6 +39,16 @@ MODES = ("fp32", "bf16", "channels_last", "compile")
 DEVICES = ("cpu", "cuda")
 
 
+def check_mode_and_device(mode: str, device: str) -> None:
+    """Raise ValueError for a mode or device outside ``MODES`` / ``DEVICES``, RuntimeError for CUDA without one."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch.cuda.is_available() is False")
+
+
 @dataclass(frozen=True)
 class BenchmarkSettings:
     """How the model is measured (``densekit benchmark``'s arguments).
@@ -62,12 +72,7 @@ class BenchmarkSettings:
     accel: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but torch.cuda.is_available() is False")
+        check_mode_and_device(self.mode, self.device)
         if min(*self.shape, self.batch, self.runs) < 1 or self.warmup < 0:
             raise ValueError(f"shape, batch and runs must be positive and warmup >= 0, got shape {self.shape}, "
                              f"batch {self.batch}, runs {self.runs}, warmup {self.warmup}")
