@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mmengine.registry import init_default_scope
+
+from ..registry import DATASETS
 from .config_check import ConfigError
 
 
@@ -25,10 +28,6 @@ def check_datasets(cfg, loaders: tuple[str, ...] = ("train_dataloader", "val_dat
     ``FileNotFoundError`` with the expected layout when a folder is missing. A dataset that generates itself
     (``DemoDataset(generate=True)``) generates here. Raises ``ConfigError`` when a loader has no dataset.
     """
-    from mmengine.registry import init_default_scope
-
-    from ..registry import DATASETS
-
     init_default_scope(cfg.get("default_scope", "densekit"))
     for name in loaders:
         loader = cfg.get(name)

@@ -20,7 +20,10 @@ from mmengine.config import Config
 
 from ..accel import optimize
 from ..backbones import create_backbone
+from ..visualization import comparison_panel, default_palette, plot_training_curves, read_scalars, write_image
 from .config import CONFIG_DIR, find_config
+from .data_check import check_datasets
+from .runner import train
 
 DEFAULT_BACKBONES = ("swin_t", "convnext_tiny", "resnet50")
 DEMO_NAME = "upernet_swin_t_demo"
@@ -134,8 +137,6 @@ def _scalars_file(log_dir: Path) -> Path:
 def write_val_panels(model: torch.nn.Module, dataloader, out_dir: Path, num: int = 8) -> list[Path]:
     """Predict the first ``num`` validation images; write ``out_dir/<stem>.png`` = image | ground truth |
     prediction with the dataset's class colours and a legend. Returns the paths written."""
-    from ..visualization import comparison_panel, default_palette, write_image
-
     meta = dataloader.dataset.metainfo
     classes = list(meta.get("classes", []))
     palette = meta.get("palette") or default_palette(len(classes))
@@ -179,10 +180,6 @@ def run_segmentation_demo(config: str | Path | Config = DEMO_CONFIG, work_dir: s
         ``dict(miou, reached, seconds, iters, curves, panels, checkpoint, work_dir)``; ``reached`` is None without
         a target.
     """
-    from ..visualization import plot_training_curves
-    from .data_check import check_datasets
-    from .runner import train
-
     start = time.perf_counter()
     cfg = config if isinstance(config, Config) else load_demo_config(config)
     work_dir = Path(work_dir)
@@ -197,8 +194,6 @@ def run_segmentation_demo(config: str | Path | Config = DEMO_CONFIG, work_dir: s
     curves = plot_training_curves(scalars, work_dir / "curves.png", metric="mIoU", target=target,
                                   title="densekit demo: UPerNet + Swin-T (random init) on DemoDataset")
     panels = write_val_panels(runner.model, runner.val_dataloader, work_dir / "overlays", num_panels)
-    from ..visualization import read_scalars
-
     _, val_rows = read_scalars(scalars)
     miou = float(val_rows[-1]["mIoU"]) if val_rows else float("nan")
     checkpoint = work_dir / f"iter_{runner.iter}.pth"

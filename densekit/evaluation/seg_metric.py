@@ -23,6 +23,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 
 from ..registry import METRICS
+from ..visualization import plot_per_class_iou
 
 ALLOWED_METRICS = ("mIoU", "mDice", "mFscore")
 
@@ -180,8 +181,6 @@ class IoUMetric(BaseMetric):
             if self.per_class:
                 summary.update({f"IoU.{n}": float(v) for n, v in zip(class_names, ious) if not np.isnan(v)})
             if self.output_dir:
-                from ..visualization import plot_per_class_iou
-
                 palette = (self.dataset_meta or {}).get("palette")
                 path = plot_per_class_iou(class_names, ious, f"{self.output_dir}/per_class_iou.png", palette)
                 print_log(f"per-class IoU chart written to {path}", logger="current")

@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, pseudo_collate
 
 from ..accel import optimize
+from ..engine.compile import compile_method
 from ..engine.config import load_config
 from ..models.builder import build_model
 from ..registry import DATASETS, TRANSFORMS
@@ -60,8 +61,6 @@ def compile_inference(model: torch.nn.Module) -> torch.nn.Module:
     windows, TTA and Swin-Unet's ``mode='tensor'`` use. RPN: ``extract_feat`` (backbone and FPN); proposal
     decoding and NMS, whose output sizes depend on the data, stay eager. A new input size compiles again.
     """
-    from ..engine.compile import compile_method
-
     for method in ("encode_decode", "extract_feat"):
         if callable(getattr(model, method, None)):
             compile_method(model, method)

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones.swin import SwinTransformer
 from ..layers.window_attention import pad_and_shift, reverse_windows
+from ..visualization import heatmap_overlay
 
 
 @dataclass
@@ -113,8 +115,6 @@ class _Captured(Exception):
 
 def find_swin(model: nn.Module) -> nn.Module:
     """The densekit ``SwinTransformer`` of ``model``: the model itself or its ``backbone``."""
-    from ..backbones.swin import SwinTransformer
-
     for candidate in (model, getattr(model, "backbone", None)):
         if isinstance(candidate, SwinTransformer):
             return candidate
@@ -205,8 +205,6 @@ def attention_picture(model: nn.Module, image: np.ndarray, stage: int, block: in
         the BGR uint8 overlay ``(H, W, 3)``, the raw map on the feature grid ``(h, w)`` float32 and the
         captured ``WindowAttentionMaps``.
     """
-    from ..visualization import heatmap_overlay
-
     backbone = find_swin(model)
     device = next(backbone.parameters()).device
     tensor = image_to_input(model, image, backbone.in_chans).to(device)

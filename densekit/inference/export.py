@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbones.swin import SwinTransformer
 from ..models.preprocessor import SegDataPreProcessor
+from .api import init_model
 
 EXPORT_EXTRA = "pip install 'densekit[export]'  (onnx, onnxruntime)"
 
@@ -58,8 +60,6 @@ class ExportWrapper(nn.Module):
 def load_segmentor(config: str, checkpoint: str, cfg_options: dict | None = None) -> ExportWrapper:
     """The config's model with ``checkpoint`` loaded (``init_model``), wrapped for export, in eval mode: the plain
     network, without densekit's CPU fast paths (the graph must hold the public ops)."""
-    from .api import init_model
-
     model = init_model(config, checkpoint, device="cpu", cfg_options=cfg_options, accel=False)
     test_cfg = getattr(model, "test_cfg", None) or {}
     if test_cfg.get("mode", "whole") != "whole" or test_cfg.get("tta"):
@@ -77,8 +77,6 @@ def dynamic_size_problem(model: nn.Module, height: int, width: int) -> str | Non
     Each Swin stage with a side no larger than its window runs one window of its smaller side and no shift:
     a Python decision that tracing bakes in. A dynamic graph needs every stage larger than the window.
     """
-    from ..backbones.swin import SwinTransformer
-
     for swin in (m for m in model.modules() if isinstance(m, SwinTransformer)):
         h, w = -(-height // swin.patch_size), -(-width // swin.patch_size)
         for index in range(len(swin.stages)):
