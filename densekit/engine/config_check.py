@@ -34,6 +34,7 @@ from mmengine.utils.dl_utils import set_multi_processing
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 from torch.utils.data import DataLoader
 
+from ..models.losses import check_loss_decode
 from ..registry import DATASETS, HOOKS, METRICS, MODELS, TRANSFORMS, get_backbone_builder, mmengine_child
 
 
@@ -265,7 +266,19 @@ def _check_typed(cfg: Mapping, where: str, registry: Registry, nested: Registry 
     else:
         _check_section(cfg, where, Section(registry=registry, extra=parent_keys))
     for key, value in cfg.items():
-        _check_value(value, f"{where}.{key}", nested or registry)
+        if key == "loss_decode" and registry is MODELS:
+            _check_losses(value, f"{where}.{key}")
+        else:
+            _check_value(value, f"{where}.{key}", nested or registry)
+
+
+def _check_losses(value: object, where: str) -> None:
+    """A head's ``loss_decode``: its types and arguments as the segmentor's loss stack will read them, refused here
+    (before the Runner makes a work dir) with the key at fault."""
+    try:
+        check_loss_decode(value, where)
+    except ValueError as error:
+        raise ConfigError(f"config key {error}") from error
 
 
 def _check_value(value: object, where: str, registry: Registry) -> None:

@@ -13,6 +13,7 @@ from .decode_loss import (
     LOSS_TYPES,
     DecodeLoss,
     build_decode_loss,
+    check_loss_decode,
     pixel_accuracy,
     pop_loss_keys,
     predict_labels,
@@ -23,5 +24,5 @@ from .lovasz import LovaszLoss
 
 __all__ = [
     "LOSS_TYPES", "CrossEntropyLoss", "DecodeLoss", "DiceLoss", "FocalLoss", "LovaszLoss", "SwinUnetDiceLoss",
-    "build_decode_loss", "ce_avg_factor", "pixel_accuracy", "pop_loss_keys", "predict_labels",
+    "build_decode_loss", "ce_avg_factor", "check_loss_decode", "pixel_accuracy", "pop_loss_keys", "predict_labels",
 ]

@@ -94,18 +94,28 @@ def build_decode_loss(loss_decode: Mapping | Sequence[Mapping] | None, where: st
     ``where`` (e.g. ``'decode_head.loss_decode'``) names the config key in errors; ``num_classes`` is the head's
     ``K``, against which class weights and the sigmoid/one-class choices are checked.
     """
-    if loss_decode is None:
-        loss_decode = default
-    if isinstance(loss_decode, Mapping):
-        items = [(where, loss_decode)]
-    elif isinstance(loss_decode, Sequence) and not isinstance(loss_decode, str) and loss_decode:
-        items = [(f"{where}[{i}]", cfg) for i, cfg in enumerate(loss_decode)]
-    else:
-        raise ValueError(f"{where} must be a dict(type=...) or a non-empty list of them, got {loss_decode!r}")
+    items = _items(default if loss_decode is None else loss_decode, where)
     losses = [_build_loss(cfg, name) for name, cfg in items]
     for (name, _), loss in zip(items, losses):
         _check_classes(loss, name, num_classes)
     return DecodeLoss(losses, ignore_index=ignore_index, align_corners=align_corners)
+
+
+def check_loss_decode(loss_decode: object, where: str = "loss_decode") -> None:
+    """Raise ValueError naming the key where ``build_decode_loss`` would refuse ``loss_decode`` for its types or
+    arguments (the config check calls this before the Runner starts; the checks against the head's number of
+    classes need the head and run when it is built)."""
+    for name, cfg in _items(loss_decode, where):
+        _build_loss(cfg, name)
+
+
+def _items(loss_decode: object, where: str) -> list[tuple[str, object]]:
+    """``[(key, one loss's dict), ...]`` of a dict or a non-empty list of dicts."""
+    if isinstance(loss_decode, Mapping):
+        return [(where, loss_decode)]
+    if isinstance(loss_decode, Sequence) and not isinstance(loss_decode, str) and loss_decode:
+        return [(f"{where}[{i}]", cfg) for i, cfg in enumerate(loss_decode)]
+    raise ValueError(f"{where} must be a dict(type=...) or a non-empty list of them, got {loss_decode!r}")
 
 
 def _build_loss(cfg: Mapping, where: str) -> nn.Module:
