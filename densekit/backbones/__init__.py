@@ -6,9 +6,10 @@ import difflib
 from torch import nn
 
 from ..registry import get_backbone_builder, list_backbones
-from . import swin  # noqa: F401  (registers swin_t/s/b/l)
+from . import swin, swin_v2  # noqa: F401  (register swin_t/s/b/l, swinv2_t/s/b/l)
 from .base import Backbone, local_checkpoint
 from .swin import SwinTransformer
+from .swin_v2 import SwinTransformerV2
 
 
 def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
@@ -37,4 +38,4 @@ def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Mo
                    f"nor a timm model{hint}")
 
 
-__all__ = ["Backbone", "SwinTransformer", "create_backbone"]
+__all__ = ["Backbone", "SwinTransformer", "SwinTransformerV2", "create_backbone"]

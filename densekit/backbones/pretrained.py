@@ -34,6 +34,7 @@ from ..convert.resize import check_bias_resize
 from ..convert.rules import StateDict
 from ..convert.swin import convert_swin
 from ..convert.swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet, imagenet_to_swin_unet
+from ..convert.swin_v2 import convert_swin_v2, detect_v2_layout
 
 
 def _fit_and_load(model: nn.Module, converted: StateDict, report: LoadReport, policy: FitPolicy, source: str,
@@ -105,6 +106,30 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, bias_resize: str 
     """
     check_bias_resize(bias_resize)  # before reading a large file
     return load_state_dict_from(model, read_checkpoint(path), str(path), bias_resize, verbose, progress)
+
+
+# -------------------------------------------------------------------------------------- Swin V2 backbone
+def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
+                       progress: bool = True) -> LoadReport:
+    """Load a Swin V2 checkpoint (official, timm, HF or densekit layout) into a densekit ``SwinTransformerV2``.
+
+    Nothing is resized: the position bias MLP reads coordinates normalised by the model's
+    ``pretrained_window_size``, so a file trained at another window needs that argument, not interpolation.
+
+    Raises:
+        CheckpointError: a Swin V1 file (refused by name), unknown layout, unexpected keys or shapes.
+    """
+    obj, source = _read(checkpoint)
+    try:
+        state_dict = unwrap(obj)
+        converted, report = convert_swin_v2(state_dict, detect_v2_layout(state_dict), progress=progress)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    report.kind = "backbone"
+    _fit_and_load(model, converted, report, BACKBONE_POLICY, source, "bicubic", None, progress)
+    if verbose:
+        _log(report)
+    return report
 
 
 # ------------------------------------------------------------------------------------------- Swin-Unet
@@ -184,5 +209,5 @@ def load_swin_unet_pretrained(model: nn.Module, path: str | os.PathLike | Mappin
     return report
 
 
-__all__ = ["load_imagenet_swin", "load_pretrained", "load_state_dict_from", "load_swin_unet_checkpoint",
-           "load_swin_unet_pretrained"]
+__all__ = ["load_imagenet_swin", "load_pretrained", "load_pretrained_v2", "load_state_dict_from",
+           "load_swin_unet_checkpoint", "load_swin_unet_pretrained"]
