@@ -15,6 +15,8 @@ from torch import nn
 TIMM_WEIGHTS = {
     "swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
     "swin_b": "swin_base_patch4_window7_224", "swin_l": "swin_large_patch4_window7_224",
+    "swinv2_t": "swinv2_tiny_window8_256", "swinv2_s": "swinv2_small_window8_256",
+    "swinv2_b": "swinv2_base_window8_256", "swinv2_l": "swinv2_large_window12to16_192to256",
 }
 
 

@@ -136,6 +136,8 @@ def test_presets_and_contract():
     assert [tuple(o.shape) for o in outs] == [(1, 96, 16, 12), (1, 384, 4, 3)]
     with pytest.raises(ValueError, match="pretrained_window_size"):
         densekit.create_backbone("swinv2_t", pretrained_window_size=(8, 8))
+    with pytest.raises(ValueError, match="swinv2_tiny_patch4_window8_256.pth"):
+        densekit.create_backbone("swinv2_t", pretrained=True)  # never downloads; names the file to fetch
     with pytest.raises(ValueError, match="attn_impl"):
         _slim("flash")
     with pytest.raises(ValueError, match="out_indices"):
