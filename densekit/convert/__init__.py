@@ -8,6 +8,7 @@ Nothing here imports a densekit model, config or engine; whoever loads a file in
     rules.py       Rule, apply_rules and the shared rows (buffers, heads); one table per source:
                    official_swin.py, timm.py, mmseg.py, hf.py, torchvision.py, mmdet.py, swin_unet.py
     swin.py        a Swin backbone in any layout -> densekit keys (convert_swin)
+    swin_v2.py     a Swin V2 backbone (official, timm, HF, densekit) -> densekit keys (convert_swin_v2)
     whole.py       a whole UPerNet / RPN / Swin-Unet -> densekit keys (convert_model)
     resize.py      bias tables, absolute position embeddings, patch-embedding input channels
     fit.py         ONE fit of converted tensors to a model's state dict, under an explicit FitPolicy
@@ -23,9 +24,10 @@ from .official_swin import densekit_to_official
 from .report import CheckpointError, LoadReport
 from .resize import BIAS_RESIZE
 from .swin import convert_swin
+from .swin_v2 import convert_swin_v2, detect_v2_layout
 
 __all__ = [
     "BIAS_RESIZE", "LAYOUTS", "CheckpointError", "FitPolicy", "LoadReport", "checkpoint_safe_globals", "convert_swin",
-    "densekit_to_mmseg", "densekit_to_official", "detect_layout", "fit", "is_refusal", "read_checkpoint",
-    "refused_message", "unwrap",
+    "convert_swin_v2", "densekit_to_mmseg", "densekit_to_official", "detect_layout", "detect_v2_layout", "fit",
+    "is_refusal", "read_checkpoint", "refused_message", "unwrap",
 ]

@@ -48,7 +48,8 @@ def detect_layout(state_dict: Tensors) -> str:
     """
     keys = list(state_dict)
     if any("cpb_mlp" in key or key.endswith("logit_scale") for key in keys):
-        raise CheckpointError("a Swin V2 checkpoint (cpb_mlp / logit_scale keys): densekit's Swin is V1")
+        raise CheckpointError("a Swin V2 checkpoint (cpb_mlp / logit_scale keys): this model is Swin V1; load it "
+                              "into a V2 model (swinv2_t/s/b/l) instead")
     if any(".attn.w_msa." in key or key.startswith("patch_embed.projection.") or ".ffn.layers." in key for key in keys):
         return "mmseg"
     if any(_DENSEKIT_SWIN.match(key) for key in keys):
