@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 
 from mmengine.logging import print_log
@@ -109,6 +110,25 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, bias_resize: str 
 
 
 # -------------------------------------------------------------------------------------- Swin V2 backbone
+# Release names say the window a file was trained at: swinv2_tiny_patch4_window8_256, ..._window12to16_192to256
+# (fine-tuned at 16: the last number).
+_FILE_WINDOW = re.compile(r"window(\d+)(?:to(\d+))?")
+
+
+def v2_windows(window: int, pretrained: tuple[int, ...], source: str = "") -> str:
+    """The report line of a Swin V2 load: the window in use, the pretrained windows the position bias is normalised
+    by, and a warning when the file's name says it was trained at another window that the model does not use."""
+    used = ", ".join(str(p) if p else f"{window} (own)" for p in pretrained)
+    line = f"window {window}, position-bias coordinates normalised by pretrained windows ({used})"
+    match = _FILE_WINDOW.search(os.path.basename(source))
+    if match:
+        trained = int(match.group(2) or match.group(1))
+        if trained != window and not any(pretrained):
+            line += (f"; WARNING: the file name says window {trained}: pass pretrained_window_size={trained} to run "
+                     f"it at window {window} as the official code does")
+    return line
+
+
 def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
                        progress: bool = True) -> LoadReport:
     """Load a Swin V2 checkpoint (official, timm, HF or densekit layout) into a densekit ``SwinTransformerV2``.
@@ -127,6 +147,7 @@ def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
     report.kind = "backbone"
     _fit_and_load(model, converted, report, BACKBONE_POLICY, source, "bicubic", None, progress)
+    report.windows = v2_windows(model.window_size, tuple(model.pretrained_window_size), source)
     if verbose:
         _log(report)
     return report

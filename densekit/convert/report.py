@@ -37,6 +37,8 @@ class LoadReport:
             initialisation); ``why`` ends with ``KEEPS_RANDOM_INIT`` where nothing explains it.
         loaded: number of tensors copied into the model.
         dataset_meta: class names / palette found in the checkpoint (mmengine ``meta``, HF ``id2label``).
+        windows: a Swin V2 load's attention windows: the model's window and the pretrained windows its position
+            bias coordinates are normalised by (and a warning when the file's name says another); '' otherwise.
     """
 
     kind: str = ""
@@ -51,6 +53,7 @@ class LoadReport:
     missing: list[tuple[str, str]] = field(default_factory=list)
     loaded: int = 0
     dataset_meta: dict = field(default_factory=dict)
+    windows: str = ""
 
     def missing_weights(self) -> list[str]:
         """Missing model keys nothing explains (e.g. swin_t weights loaded into swin_s): random weights remain.
@@ -80,6 +83,8 @@ class LoadReport:
             if pairs:
                 lines.append(f"  {name} {len(pairs)}: " + "; ".join(
                     f"{len(keys)} {why} ({_first(keys, limit)})" for why, keys in _by_reason(pairs).items()))
+        if self.windows:
+            lines.append(f"  windows: {self.windows}")
         if self.missing_weights():
             lines.append(f"  WARNING: {len(self.missing_weights())} weights are not in the checkpoint and keep their "
                          "random initialisation (another variant's weights?)")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import densekit
+from densekit.backbones.pretrained import load_pretrained_v2
 from densekit.backbones.swin_v2 import SwinTransformerV2
 from densekit.convert.report import CheckpointError
 from densekit.convert.swin_v2 import convert_swin_v2, detect_v2_layout
@@ -138,3 +139,15 @@ def test_v1_and_v2_files_refused_across(tmp_path):
     torch.save(_timm_slim().state_dict(), tmp_path / "swin_v2.pth")
     with pytest.raises(CheckpointError, match="Swin V2 checkpoint.*this model is Swin V1"):
         densekit.create_backbone("swin_t", pretrained=str(tmp_path / "swin_v2.pth"))
+
+
+def test_report_names_the_windows(tmp_path):
+    path = tmp_path / "swinv2_slim_patch4_window8_64.pth"
+    torch.save(_timm_slim().state_dict(), path)
+    model = SwinTransformerV2(**{**SLIM, "window_size": 16}, out_indices=(0, 1))
+    report = load_pretrained_v2(model, str(path), verbose=False)
+    assert "window 16" in report.windows and "pretrained_window_size=8" in report.windows
+    assert "windows: window 16" in report.summary()
+    model = SwinTransformerV2(**{**SLIM, "window_size": 16}, pretrained_window_size=8, out_indices=(0, 1))
+    report = load_pretrained_v2(model, str(path), verbose=False)
+    assert report.windows == "window 16, position-bias coordinates normalised by pretrained windows (8, 8)"
