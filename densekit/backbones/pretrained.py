@@ -130,16 +130,19 @@ def v2_windows(window: int, pretrained: tuple[int, ...], source: str = "") -> st
 
 
 def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
-                       progress: bool = True) -> LoadReport:
+                       progress: bool = True, source: str = "") -> LoadReport:
     """Load a Swin V2 checkpoint (official, timm, HF or densekit layout) into a densekit ``SwinTransformerV2``.
 
     Nothing is resized: the position bias MLP reads coordinates normalised by the model's
     ``pretrained_window_size``, so a file trained at another window needs that argument, not interpolation.
 
+    ``source`` names a checkpoint given in memory (a path names itself).
+
     Raises:
         CheckpointError: a Swin V1 file (refused by name), unknown layout, unexpected keys or shapes.
     """
-    obj, source = _read(checkpoint)
+    obj, path = _read(checkpoint)
+    source = path or source
     try:
         state_dict = unwrap(obj)
         converted, report = convert_swin_v2(state_dict, detect_v2_layout(state_dict), progress=progress)

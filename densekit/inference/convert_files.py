@@ -17,7 +17,7 @@ from mmengine.config import Config
 
 from .. import __version__
 from ..backbones import create_backbone
-from ..backbones.pretrained import load_state_dict_from
+from ..backbones.pretrained import load_pretrained_v2, load_state_dict_from
 from ..convert.io import read_checkpoint, read_model_checkpoint
 from ..convert.report import LoadReport
 from ..engine.config import load_config
@@ -38,6 +38,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
                  in_chans: int | None = None, bias_resize: str = "bicubic", unsafe_load: bool = False) -> LoadReport:
     """Convert ``src`` (any Swin layout) into a densekit checkpoint for ``create_backbone(model_name, ...)``.
 
+    A Swin V2 model (``swinv2_*``) takes official, timm, HF or densekit V2 files; its weights do not depend on the
+    window (build the model with the file's ``pretrained_window_size`` to run it at another one).
+
     ``dst`` ending in ``.safetensors`` gets the state dict with string metadata; anything else an
     mmengine-style ``{'meta': {...}, 'state_dict': ...}`` written with ``torch.save``.
 
@@ -47,7 +50,10 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
     checkpoint = read_checkpoint(src, unsafe_load)  # a bad file fails before a model is built
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
     model = create_backbone(model_name, **options)
-    report = load_state_dict_from(model, checkpoint, str(src), bias_resize, verbose=False)
+    if hasattr(model, "pretrained_window_size"):  # Swin V2: keys only, nothing depends on the window
+        report = load_pretrained_v2(model, checkpoint, verbose=False, source=str(src))
+    else:
+        report = load_state_dict_from(model, checkpoint, str(src), bias_resize, verbose=False)
     meta = {
         "densekit_version": __version__, "source": str(src), "layout": report.layout, "model": model_name,
         "window_size": getattr(model, "window_size", window_size), "in_chans": getattr(model, "in_chans", in_chans),

@@ -151,3 +151,16 @@ def test_report_names_the_windows(tmp_path):
     model = SwinTransformerV2(**{**SLIM, "window_size": 16}, pretrained_window_size=8, out_indices=(0, 1))
     report = load_pretrained_v2(model, str(path), verbose=False)
     assert report.windows == "window 16, position-bias coordinates normalised by pretrained windows (8, 8)"
+
+
+def test_convert_tool_writes_a_v2_file(tmp_path):
+    from densekit.cli.convert import main
+
+    src, dst = tmp_path / "swinv2_tiny_window8_256.pth", tmp_path / "swinv2_t.safetensors"
+    torch.manual_seed(4)
+    full = timm.create_model("swinv2_tiny_window8_256", pretrained=False)
+    torch.save({"model": _to_official(full.state_dict())}, src)
+    assert main([str(src), str(dst), "--model", "swinv2_t", "--verify"]) == 0
+    written = densekit.create_backbone("swinv2_t", pretrained=str(dst)).state_dict()
+    assert torch.equal(written["stages.2.blocks.5.attn.cpb_mlp.2.weight"],
+                       full.state_dict()["layers.2.blocks.5.attn.cpb_mlp.2.weight"])
