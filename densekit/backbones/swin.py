@@ -191,7 +191,7 @@ class SwinTransformer(Backbone):
         bias_resize: str = "bicubic",
     ) -> None:
         super().__init__()
-        _check_layout(depths, num_heads, out_indices)
+        check_layout(depths, num_heads, out_indices)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -268,7 +268,7 @@ class SwinTransformer(Backbone):
         return maps
 
 
-def _check_layout(depths: tuple[int, ...], num_heads: tuple[int, ...], out_indices: tuple[int, ...]) -> None:
+def check_layout(depths: tuple[int, ...], num_heads: tuple[int, ...], out_indices: tuple[int, ...]) -> None:
     """Raise a ValueError naming the argument when the stage counts disagree or an out index names no stage."""
     if len(num_heads) != len(depths):
         raise ValueError(f"depths {depths} and num_heads {num_heads} differ in length")

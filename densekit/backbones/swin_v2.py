@@ -21,7 +21,7 @@ from ..layers.patch import PatchEmbed, PatchMerging
 from ..registry import register_backbone
 from .base import Backbone, local_checkpoint
 from .pretrained import load_pretrained_v2
-from .swin import _check_layout, init_swin_weights
+from .swin import check_layout, init_swin_weights
 
 
 class SwinV2Block(nn.Module):
@@ -165,7 +165,7 @@ class SwinTransformerV2(Backbone):
         pretrained: str | None = None,
     ) -> None:
         super().__init__()
-        _check_layout(depths, num_heads, out_indices)
+        check_layout(depths, num_heads, out_indices)
         self.out_indices = tuple(out_indices)
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self.window_size, self.patch_size, self.in_chans = window_size, patch_size, in_chans

@@ -21,12 +21,12 @@ from torch import nn
 from .tracing import is_tracing
 from .window_attention import (
     ATTN_IMPLS,
-    _cached_index,
-    _shift_region_mask,
+    cached_relative_index,
     pad_and_shift,
     partition_windows,
     plain_tensors,
     reverse_windows,
+    shift_region_mask,
     unshift_and_crop,
     window_order,
 )
@@ -114,7 +114,7 @@ class CosineWindowAttention(nn.Module):
             else _cached_coords(window, self.pretrained_window_size, device)
         table = self.cpb_mlp(coords.to(self.qkv.weight.dtype))  # ((2W-1)^2, nH)
         n = window * window
-        index = _cached_index(window, device).view(-1)
+        index = cached_relative_index(window, device).view(-1)
         return 16 * torch.sigmoid(table[index].view(n, n, -1).permute(2, 0, 1))
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
@@ -123,7 +123,7 @@ class CosineWindowAttention(nn.Module):
         shifted ones on a ``height x width`` padded grid (as ``WindowAttention.folded_mask``)."""
         bias = self.relative_bias(window).unsqueeze(0)
         if shift:
-            bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
+            bias = bias + shift_region_mask(height, width, window, shift, bias.device)[:, None]
             bias = bias.repeat(batch, 1, 1, 1)
         return bias.to(dtype)
 
@@ -161,7 +161,7 @@ class CosineWindowAttention(nn.Module):
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * self.scale() + self.relative_bias(window).unsqueeze(0)
         if shift:
-            region = _shift_region_mask(hp, wp, window, shift, x.device).to(attn.dtype)
+            region = shift_region_mask(hp, wp, window, shift, x.device).to(attn.dtype)
             attn = (attn.view(b, -1, self.num_heads, n, n) + region[None, :, None]).view(bw, self.num_heads, n, n)
         return attn.softmax(dim=-1), v
 

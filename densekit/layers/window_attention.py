@@ -42,7 +42,7 @@ ATTN_IMPLS = ("sdpa", "reference")
 PROJECT_FIRST = 32
 
 
-def _shift_region_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+def shift_region_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """0/-100 mask ``(nW, N, N)`` for shifted windows on a padded ``height x width`` grid.
 
     Tokens that a cyclic shift brought together from different regions of the grid must not
@@ -75,7 +75,7 @@ def _build_shift_region_mask(height: int, width: int, window: int, shift: int, d
 
 
 @lru_cache(maxsize=32)
-def _cached_index(window: int, device: torch.device) -> torch.Tensor:
+def cached_relative_index(window: int, device: torch.device) -> torch.Tensor:
     # Recomputable, so never a buffer in the state dict (DESIGN.md §3); built once per device.
     with plain_tensors():
         return relative_position_index(window).to(device)
@@ -219,7 +219,7 @@ class WindowAttention(nn.Module):
         if window != self.window_size:
             table = crop_bias_table(table, window)
         n = window * window
-        return table[_cached_index(window, table.device).view(-1)].view(n, n, -1).permute(2, 0, 1)
+        return table[cached_relative_index(window, table.device).view(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
                     dtype: torch.dtype) -> torch.Tensor:
@@ -232,7 +232,7 @@ class WindowAttention(nn.Module):
         3-D mask to the slower math path."""
         bias = self.relative_bias(window).unsqueeze(0)  # (1, nH, N, N)
         if shift:
-            bias = bias + _shift_region_mask(height, width, window, shift, bias.device)[:, None]
+            bias = bias + shift_region_mask(height, width, window, shift, bias.device)[:, None]
             bias = bias.repeat(batch, 1, 1, 1)
         return bias.to(dtype)
 
@@ -327,7 +327,7 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         attn = (q * self.scale) @ k.transpose(-2, -1) + self.relative_bias(window).unsqueeze(0)
         if shift:
-            region = _shift_region_mask(hp, wp, window, shift, x.device).to(attn.dtype)
+            region = shift_region_mask(hp, wp, window, shift, x.device).to(attn.dtype)
             attn = attn.view(b, -1, self.num_heads, n, n) + region[None, :, None]
             attn = attn.view(bw, self.num_heads, n, n)
         return attn.softmax(dim=-1), v
