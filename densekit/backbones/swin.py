@@ -130,7 +130,61 @@ class SwinStage(nn.Module):
         return x
 
 
-class SwinTransformer(Backbone):
+class SwinFeatures(Backbone):
+    """What the Swin V1 and V2 backbones share once built: the stage loop, the NCHW outputs and the frozen stages.
+
+    A subclass builds ``patch_embed``, ``pos_drop``, ``stages`` (each returning its output and the next stage's
+    input), ``out_norms`` (or None), ``out_indices``, ``in_chans`` and ``frozen_stages``, and defines ``embed``.
+    """
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> the first stage's input ``(B, H_0, W_0, C)``."""
+        raise NotImplementedError
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules: list[nn.Module] = [self.patch_embed, self.pos_drop]
+        for i in range(min(self.frozen_stages, len(self.stages))):
+            modules.append(self.stages[i])
+            if self.out_norms is not None and str(i) in self.out_norms:
+                modules.append(self.out_norms[str(i)])
+        return modules
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, in_chans, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
+        outs = []
+        for i, (_, out) in enumerate(self.forward_stages(x, max(self.out_indices) + 1)):
+            if i in self.out_indices:
+                if self.out_norms is not None:
+                    out = self.out_norms[str(i)](out)
+                # A permuted view: NCHW shape, channels_last memory, which convolutions take as is.
+                outs.append(out.permute(0, 3, 1, 2))
+        return outs
+
+    def forward_stages(self, x: torch.Tensor, num_stages: int | None = None
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The embedding (``embed``) and the first ``num_stages`` stages (all by
+        default), NHWC and without output norms: per stage, its input ``(B, H_i, W_i, C_i)`` and its output
+        before patch merging ``(B, H_i, W_i, C_i)``. ``forward`` returns the outputs; Swin-Unet's skips are the
+        inputs and its bottleneck the last stage's output (which has no patch merging).
+
+        Args:
+            x: ``(B, in_chans, H, W)``.
+            num_stages: how many stages to run.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        x = self.embed(x)
+        maps = []
+        for stage in self.stages[:num_stages]:
+            out, following = stage(x)
+            maps.append((x, out))
+            x = following
+        return maps
+
+
+class SwinTransformer(SwinFeatures):
     """Swin Transformer returning NCHW maps at strides 4, 8, 16, 32.
 
     State-dict layout (what ``densekit.convert`` maps every other layout to)::
@@ -215,57 +269,20 @@ class SwinTransformer(Backbone):
             load_pretrained(self, pretrained, bias_resize=bias_resize)
         self.freeze()
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        modules: list[nn.Module] = [self.patch_embed, self.pos_drop]
-        for i in range(min(self.frozen_stages, len(self.stages))):
-            modules.append(self.stages[i])
-            if self.out_norms is not None and str(i) in self.out_norms:
-                modules.append(self.out_norms[str(i)])
-        return modules
-
     def freeze(self) -> None:
         super().freeze()
         if self.frozen_stages >= 0 and self.absolute_pos_embed is not None:
             self.absolute_pos_embed.requires_grad = False
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, in_chans, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
-        outs = []
-        for i, (_, out) in enumerate(self.forward_stages(x, max(self.out_indices) + 1)):
-            if i in self.out_indices:
-                if self.out_norms is not None:
-                    out = self.out_norms[str(i)](out)
-                # A permuted view: NCHW shape, channels_last memory, which convolutions take as is.
-                outs.append(out.permute(0, 3, 1, 2))
-        return outs
-
-    def forward_stages(self, x: torch.Tensor, num_stages: int | None = None
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The patch embedding (plus the absolute position embedding) and the first ``num_stages`` stages (all by
-        default), NHWC and without output norms: per stage, its input ``(B, H_i, W_i, C_i)`` and its output
-        before patch merging ``(B, H_i, W_i, C_i)``. ``forward`` returns the outputs; Swin-Unet's skips are the
-        inputs and its bottleneck the last stage's output (which has no patch merging).
-
-        Args:
-            x: ``(B, in_chans, H, W)``.
-            num_stages: how many stages to run.
-        """
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, H/4, W/4, C)``: the patch embedding plus the absolute position
+        embedding (resized to the grid) when the model has one."""
         x = self.patch_embed(x)
         if self.absolute_pos_embed is not None:
             grid = (x.shape[1], x.shape[2])
             pos = resize_abs_pos_embed(self.absolute_pos_embed, grid, self.pretrain_grid)
             x = x + pos.view(1, grid[0], grid[1], -1)
-        x = self.pos_drop(x)
-        maps = []
-        for stage in self.stages[:num_stages]:
-            out, following = stage(x)
-            maps.append((x, out))
-            x = following
-        return maps
+        return self.pos_drop(x)
 
 
 def check_layout(depths: tuple[int, ...], num_heads: tuple[int, ...], out_indices: tuple[int, ...]) -> None:

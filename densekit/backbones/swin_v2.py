@@ -19,9 +19,9 @@ from torch import nn
 from ..layers.cosine_attention import CosineWindowAttention
 from ..layers.patch import PatchEmbed, PatchMerging
 from ..registry import register_backbone
-from .base import Backbone, local_checkpoint
+from .base import local_checkpoint
 from .pretrained import load_pretrained_v2
-from .swin import check_layout, init_swin_weights
+from .swin import SwinFeatures, check_layout, init_swin_weights
 
 
 class SwinV2Block(nn.Module):
@@ -120,7 +120,7 @@ def _per_stage(value: int | tuple[int, ...], stages: int, name: str) -> tuple[in
     return tuple(int(v) for v in value)
 
 
-class SwinTransformerV2(Backbone):
+class SwinTransformerV2(SwinFeatures):
     """Swin Transformer V2 returning NCHW maps at strides 4, 8, 16, 32.
 
     State-dict layout (what ``densekit.convert.swin_v2`` maps the official, timm and HF layouts to)::
@@ -192,39 +192,9 @@ class SwinTransformerV2(Backbone):
             load_pretrained_v2(self, pretrained)
         self.freeze()
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        modules: list[nn.Module] = [self.patch_embed, self.pos_drop]
-        for i in range(min(self.frozen_stages, len(self.stages))):
-            modules.append(self.stages[i])
-            if self.out_norms is not None and str(i) in self.out_norms:
-                modules.append(self.out_norms[str(i)])
-        return modules
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``(B, in_chans, H, W)`` -> one ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` map per out index."""
-        outs = []
-        for i, (_, out) in enumerate(self.forward_stages(x, max(self.out_indices) + 1)):
-            if i in self.out_indices:
-                if self.out_norms is not None:
-                    out = self.out_norms[str(i)](out)
-                outs.append(out.permute(0, 3, 1, 2))
-        return outs
-
-    def forward_stages(self, x: torch.Tensor, num_stages: int | None = None
-                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per stage, NHWC and without output norms: its input and its output before patch merging
-        (as V1's ``forward_stages``). ``x``: ``(B, in_chans, H, W)``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        x = self.pos_drop(self.patch_embed(x))
-        maps = []
-        for stage in self.stages[:num_stages]:
-            out, following = stage(x)
-            maps.append((x, out))
-            x = following
-        return maps
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, H/4, W/4, C)``: the patch embedding (V2 has no absolute one)."""
+        return self.pos_drop(self.patch_embed(x))
 
 
 @register_backbone
