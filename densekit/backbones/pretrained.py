@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 
 from mmengine.logging import print_log
@@ -29,13 +28,14 @@ from ..convert.fit import (
     fit,
     swin_unet_policy,
 )
-from ..convert.io import checkpoint_tensors, read_checkpoint, strip_prefixes, unwrap
+from ..convert.io import checkpoint_tensors, read_checkpoint, safetensors_metadata, strip_prefixes, unwrap
 from ..convert.report import CheckpointError
 from ..convert.resize import check_bias_resize
 from ..convert.rules import StateDict
 from ..convert.swin import convert_swin
 from ..convert.swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet, imagenet_to_swin_unet
 from ..convert.swin_v2 import convert_swin_v2, detect_v2_layout
+from ..convert.v2_windows import windows_from_meta, windows_from_name
 
 
 def _fit_and_load(model: nn.Module, converted: StateDict, report: LoadReport, policy: FitPolicy, source: str,
@@ -110,33 +110,63 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, bias_resize: str 
 
 
 # -------------------------------------------------------------------------------------- Swin V2 backbone
-# Release names say the window a file was trained at: swinv2_tiny_patch4_window8_256, ..._window12to16_192to256
-# (fine-tuned at 16: the last number).
-_FILE_WINDOW = re.compile(r"window(\d+)(?:to(\d+))?")
+GIVEN = "pretrained_window_size given to the model"
 
 
-def v2_windows(window: int, pretrained: tuple[int, ...], source: str = "") -> str:
+def _stage_text(windows: tuple[int, ...]) -> str:
+    return str(windows[0]) if len(set(windows)) == 1 else str(tuple(windows))
+
+
+def choose_v2_windows(model: nn.Module, checkpoint: Mapping, source: str = "") -> tuple[tuple[int, ...], str, str]:
+    """The pretrained windows a Swin V2 load uses: ``(per-stage windows, where they come from, warning)``.
+
+    Explicit wins (the model was built with ``pretrained_window_size``), then the checkpoint's meta or config, then
+    the file's name (``convert.v2_windows``); with none, zeros (each stage normalises by the window it uses). The
+    warning is non-empty only for a real conflict: given windows other than those the file says.
+    """
+    stages, patch = len(model.stages), model.patch_size
+    try:
+        found = windows_from_meta(checkpoint, stages, patch) or (
+            windows_from_name(source, stages, patch) if source else None)
+    except ValueError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    if getattr(model, "pretrained_window_given", any(model.pretrained_window_size)):
+        given = tuple(model.pretrained_window_size)
+        if found is None or found[0] == given:
+            return given, GIVEN, ""
+        return given, GIVEN, (f"WARNING: {found[1]} says pretrained windows {found[0]}, but pretrained_window_size "
+                              f"{_stage_text(given)} was given and is used")
+    if found is not None:
+        return found[0], found[1], ""
+    return tuple(model.pretrained_window_size), "", ""
+
+
+def v2_windows(window: int, pretrained: tuple[int, ...], where: str = "", warning: str = "") -> str:
     """The report line of a Swin V2 load: the window in use, the pretrained windows the position bias is normalised
-    by, and a warning when the file's name says it was trained at another window that the model does not use."""
+    by and, when a checkpoint said them, where from; then any conflict."""
     used = ", ".join(str(p) if p else f"{window} (own)" for p in pretrained)
     line = f"window {window}, position-bias coordinates normalised by pretrained windows ({used})"
-    match = _FILE_WINDOW.search(os.path.basename(source))
-    if match:
-        trained = int(match.group(2) or match.group(1))
-        if trained != window and not any(pretrained):
-            line += (f"; WARNING: the file name says window {trained}: pass pretrained_window_size={trained} to run "
-                     f"it at window {window} as the official code does")
-    return line
+    if where and where != GIVEN:
+        line += f", taken from {where}: the same as pretrained_window_size={_stage_text(pretrained)}"
+    return line + (f"; {warning}" if warning else "")
+
+
+def _v2_meta(obj: Mapping, path: str) -> Mapping:
+    # A .safetensors file keeps densekit's meta as string metadata beside the tensors, not in a dict.
+    if path.lower().endswith(".safetensors") and os.path.isfile(path):
+        return {"meta": safetensors_metadata(path)}
+    return obj
 
 
 def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
                        progress: bool = True, source: str = "") -> LoadReport:
-    """Load a Swin V2 checkpoint (official, timm, HF or densekit layout) into a densekit ``SwinTransformerV2``.
+    """Load a Swin V2 checkpoint (official, timm, HF, mmpretrain, SimMIM or densekit layout) into a densekit
+    ``SwinTransformerV2``, and set the pretrained windows its position bias is normalised by (``choose_v2_windows``).
 
     Nothing is resized: the position bias MLP reads coordinates normalised by the model's
-    ``pretrained_window_size``, so a file trained at another window needs that argument, not interpolation.
+    ``pretrained_window_size``, so a file trained at another window needs those windows, not interpolation.
 
-    ``source`` names a checkpoint given in memory (a path names itself).
+    ``source`` names a checkpoint given in memory (a path names itself; its name may say the windows).
 
     Raises:
         CheckpointError: a Swin V1 file (refused by name), unknown layout, unexpected keys or shapes.
@@ -150,7 +180,10 @@ def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
     report.kind = "backbone"
     _fit_and_load(model, converted, report, BACKBONE_POLICY, source, "bicubic", None, progress)
-    report.windows = v2_windows(model.window_size, tuple(model.pretrained_window_size), source)
+    windows, where, warning = choose_v2_windows(model, _v2_meta(obj, source), source)
+    if tuple(windows) != tuple(model.pretrained_window_size):
+        model.set_pretrained_window_size(windows)
+    report.windows, report.windows_from = v2_windows(model.window_size, windows, where, warning), where
     if verbose:
         _log(report)
     return report

@@ -136,7 +136,7 @@ class SwinTransformerV2(SwinFeatures):
         window_size: attention window side.
         pretrained_window_size: window the weights were trained at, one int or one per stage; the position
             bias MLP reads coordinates normalised by it, so weights move to another ``window_size`` unchanged
-            (0: normalise by the window in use, a model trained at this window).
+            (0: taken from the ``pretrained`` file's name or meta when it says, else the window in use).
         drop_rate, attn_drop_rate, drop_path_rate: dropout rates and stochastic depth (linear over blocks).
         out_indices, out_norm, frozen_stages, norm_eval, with_cp, attn_impl: as in V1's ``SwinTransformer``.
         pretrained: local checkpoint (official, timm or HF layout), converted on load.
@@ -170,6 +170,8 @@ class SwinTransformerV2(SwinFeatures):
         self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
         self.window_size, self.patch_size, self.in_chans = window_size, patch_size, in_chans
         self.pretrained_window_size = _per_stage(pretrained_window_size, len(depths), "pretrained_window_size")
+        # Given windows win over what a checkpoint's name or meta says (backbones/pretrained.py).
+        self.pretrained_window_given = any(self.pretrained_window_size)
         dims = [embed_dim * 2**i for i in range(len(depths))]
         self.out_channels = [dims[i] for i in self.out_indices]
         self.strides = [patch_size * 2**i for i in self.out_indices]
@@ -191,6 +193,14 @@ class SwinTransformerV2(SwinFeatures):
         if pretrained:
             load_pretrained_v2(self, pretrained)
         self.freeze()
+
+    def set_pretrained_window_size(self, windows: int | tuple[int, ...]) -> None:
+        """Normalise each stage's position-bias coordinates by ``windows`` (one, or one per stage) from now on: the
+        windows a loaded checkpoint was trained at. No weight changes; the coordinates are recomputed on use."""
+        self.pretrained_window_size = _per_stage(windows, len(self.stages), "pretrained_window_size")
+        for stage, window in zip(self.stages, self.pretrained_window_size):
+            for block in stage.blocks:
+                block.attn.pretrained_window_size = window
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, H/4, W/4, C)``: the patch embedding (V2 has no absolute one)."""

@@ -4,15 +4,19 @@ Swin-Unet or RPN).
 Examples:
     python tools/convert.py swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify
     python tools/convert.py upernet_swin_t.pth swin_t_w12.safetensors --model swin_t --window-size 12
+    python tools/convert.py swinv2_tiny_patch4_window8_256.pth v2_t.pth --model swinv2_t --window-size 16 --verify
     python tools/convert.py upernet_swin_tiny_ade20k.pth upernet_swin_t.pth --config configs/upernet_swin_t_ade.py
     python tools/convert.py upernet-convnext-tiny/ upernet_convnext_t.pth --config configs/upernet_convnext_t_ade.py
     python tools/convert.py fasterrcnn_resnet50_fpn.pth rpn_r50_tv.pth --config configs/rpn_r50_fpn_1x_coco.py
 
-``--model``: a Swin backbone checkpoint (official, timm, mmseg/mmpretrain or densekit layout).
+``--model``: a Swin backbone checkpoint (official, timm, mmseg/mmpretrain, SimMIM or densekit layout); for
+``swinv2_*`` official, timm, HF, mmpretrain, SimMIM or densekit V2 files, run at ``--window-size`` with the
+pretrained windows the source's name or meta says (written to the new file's meta).
 ``--verify`` runs timm's Swin on the source weights and densekit on the written file with the same
 random input and fails (exit 1) if any stage differs by more than 1e-4. When ``--window-size`` or
 ``--in-chans`` change the model, timm is built with the new window / channels and given densekit's
-resized bias tables / adapted patch kernel, so the check covers everything else.
+resized bias tables / adapted patch kernel, so the check covers everything else. Swin V2 is compared with
+timm's Swin V2 built with the same window and pretrained windows (nothing is resized in V2).
 
 ``--config``: a whole UPerNet checkpoint (mmsegmentation ``upernet_swin_*``, HuggingFace
 ``UperNetForSemanticSegmentation`` .bin/.safetensors/.pth or its save_pretrained folder, or densekit),

@@ -8,7 +8,9 @@ Nothing here imports a densekit model, config or engine; whoever loads a file in
     rules.py       Rule, apply_rules and the shared rows (buffers, heads); one table per source:
                    official_swin.py, timm.py, mmseg.py, hf.py, torchvision.py, mmdet.py, swin_unet.py
     swin.py        a Swin backbone in any layout -> densekit keys (convert_swin)
-    swin_v2.py     a Swin V2 backbone (official, timm, HF, densekit) -> densekit keys (convert_swin_v2)
+    swin_v2.py     a Swin V2 backbone (official, timm, HF, mmpretrain, SimMIM, densekit) -> densekit keys
+    simmim.py      SimMIM pretraining files: the encoder under ``encoder.``; mask token and decoder dropped
+    v2_windows.py  the windows a Swin V2 file was trained at, per stage, from its name, meta or config
     whole.py       a whole UPerNet / RPN / Swin-Unet -> densekit keys (convert_model)
     resize.py      bias tables, absolute position embeddings, patch-embedding input channels
     fit.py         ONE fit of converted tensors to a model's state dict, under an explicit FitPolicy

@@ -1,6 +1,6 @@
 """Which layout a state dict is in, for every source densekit reads (pure functions of the keys).
 
-    detect_layout(sd)              a Swin backbone: 'official' | 'timm' | 'mmseg' | 'densekit'
+    detect_layout(sd)              a Swin backbone: 'official' | 'timm' | 'mmseg' | 'densekit' | 'simmim' (pretraining)
     detect_segmentor_layout(sd)    a whole UPerNet: 'hf' | 'mmseg' | 'densekit'
     detect_detector_layout(sd)     a whole RPN: 'torchvision' | 'mmdet' (2.x rpn_head.*, 3.x bbox_head.*) | 'densekit'
     detect_swin_unet_layout(sd)    a whole Swin-Unet: 'official' | 'densekit' | None (not a Swin-Unet)
@@ -13,8 +13,9 @@ from collections.abc import Iterable
 
 from .report import CheckpointError
 from .rules import Tensors, part
+from .simmim import is_simmim
 
-LAYOUTS = ("official", "timm", "mmseg", "densekit")
+LAYOUTS = ("official", "timm", "mmseg", "densekit", "simmim")
 SEGMENTOR_LAYOUTS = ("hf", "mmseg", "densekit")
 DETECTOR_LAYOUTS = ("torchvision", "mmdet", "densekit")
 SWIN_UNET_LAYOUTS = ("official", "densekit")
@@ -37,7 +38,8 @@ _FAMILIES = (
 
 
 def detect_layout(state_dict: Tensors) -> str:
-    """Which layout an unwrapped Swin state dict is in: ``'official'``, ``'timm'``, ``'mmseg'`` or ``'densekit'``.
+    """Which layout an unwrapped Swin state dict is in: ``'official'``, ``'timm'``, ``'mmseg'``, ``'densekit'`` or
+    ``'simmim'`` (a SimMIM pretraining file: the encoder is in one of the others, ``convert.simmim``).
 
     Official and timm differ only in where patch merging lives: official has
     ``layers.0.downsample``, timm has ``layers.{last}.downsample`` (the head is not used alone:
@@ -50,6 +52,8 @@ def detect_layout(state_dict: Tensors) -> str:
     if any("cpb_mlp" in key or key.endswith("logit_scale") for key in keys):
         raise CheckpointError("a Swin V2 checkpoint (cpb_mlp / logit_scale keys): this model is Swin V1; load it "
                               "into a V2 model (swinv2_t/s/b/l) instead")
+    if is_simmim(keys):
+        return "simmim"
     if any(".attn.w_msa." in key or key.startswith("patch_embed.projection.") or ".ffn.layers." in key for key in keys):
         return "mmseg"
     if any(_DENSEKIT_SWIN.match(key) for key in keys):

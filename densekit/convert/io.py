@@ -234,6 +234,12 @@ def _hf_folder(path: Path) -> tuple[Path, dict]:
     return weights, meta
 
 
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (``{}`` when it has none)."""
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def _safetensors_meta(path: Path) -> dict | None:
     """densekit's meta, kept as JSON under the ``densekit_meta`` metadata key of its ``.safetensors`` files."""
     with safetensors.safe_open(str(path), framework="pt") as handle:

@@ -38,7 +38,9 @@ class LoadReport:
         loaded: number of tensors copied into the model.
         dataset_meta: class names / palette found in the checkpoint (mmengine ``meta``, HF ``id2label``).
         windows: a Swin V2 load's attention windows: the model's window and the pretrained windows its position
-            bias coordinates are normalised by (and a warning when the file's name says another); '' otherwise.
+            bias coordinates are normalised by (and a warning when they conflict with the file's); '' otherwise.
+        windows_from: where a Swin V2 load's pretrained windows came from (given to the model, the file's name,
+            its meta or config); '' when none was given or found.
     """
 
     kind: str = ""
@@ -54,6 +56,7 @@ class LoadReport:
     loaded: int = 0
     dataset_meta: dict = field(default_factory=dict)
     windows: str = ""
+    windows_from: str = ""
 
     def missing_weights(self) -> list[str]:
         """Missing model keys nothing explains (e.g. swin_t weights loaded into swin_s): random weights remain.
@@ -84,7 +87,9 @@ class LoadReport:
                 lines.append(f"  {name} {len(pairs)}: " + "; ".join(
                     f"{len(keys)} {why} ({_first(keys, limit)})" for why, keys in _by_reason(pairs).items()))
         if self.windows:
-            lines.append(f"  windows: {self.windows}")
+            said = self.windows_from and self.windows_from not in self.windows
+            source = f" (from {self.windows_from})" if said else ""
+            lines.append(f"  windows: {self.windows}{source}")
         if self.missing_weights():
             lines.append(f"  WARNING: {len(self.missing_weights())} weights are not in the checkpoint and keep their "
                          "random initialisation (another variant's weights?)")

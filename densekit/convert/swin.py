@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .detect import LAYOUTS
+from .detect import LAYOUTS, detect_layout
 from .mmseg import mmseg_to_densekit
 from .official_swin import official_to_densekit
-from .report import LoadReport
+from .report import CheckpointError, LoadReport
 from .rules import DROP_RULES, StateDict, Tensors, apply_rules
+from .simmim import simmim_encoder, trace_back
 from .timm import timm_to_densekit
 
 
@@ -19,11 +20,24 @@ def densekit_to_densekit(state_dict: Tensors, progress: bool = False) -> tuple[S
     return out, report
 
 
+def simmim_to_densekit(state_dict: Tensors, progress: bool = False) -> tuple[StateDict, LoadReport]:
+    """A SimMIM pretraining file: its encoder (official layout) converted, mask token and decoder dropped."""
+    encoder, pre = simmim_encoder(state_dict)
+    inner = detect_layout(encoder)
+    if inner == "simmim":
+        raise CheckpointError("a SimMIM file nested in another SimMIM file: cannot find the Swin encoder")
+    out, report = convert_swin(encoder, inner, progress)
+    report = trace_back(pre, report)
+    report.layout = f"simmim/{inner}"
+    return out, report
+
+
 _CONVERTERS: dict[str, Callable[..., tuple[StateDict, LoadReport]]] = {
     "official": official_to_densekit,
     "timm": timm_to_densekit,
     "mmseg": mmseg_to_densekit,
     "densekit": densekit_to_densekit,
+    "simmim": simmim_to_densekit,
 }
 
 

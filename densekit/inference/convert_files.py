@@ -38,8 +38,9 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
                  in_chans: int | None = None, bias_resize: str = "bicubic", unsafe_load: bool = False) -> LoadReport:
     """Convert ``src`` (any Swin layout) into a densekit checkpoint for ``create_backbone(model_name, ...)``.
 
-    A Swin V2 model (``swinv2_*``) takes official, timm, HF or densekit V2 files; its weights do not depend on the
-    window (build the model with the file's ``pretrained_window_size`` to run it at another one).
+    A Swin V2 model (``swinv2_*``) takes official, timm, HF, mmpretrain, SimMIM or densekit V2 files; its weights do
+    not depend on the window. The pretrained windows the load took (from the source's name or meta) are written to
+    the meta (``pretrained_window_size``), so the new file runs at ``window_size`` as the source was trained.
 
     ``dst`` ending in ``.safetensors`` gets the state dict with string metadata; anything else an
     mmengine-style ``{'meta': {...}, 'state_dict': ...}`` written with ``torch.save``.
@@ -58,6 +59,8 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
         "densekit_version": __version__, "source": str(src), "layout": report.layout, "model": model_name,
         "window_size": getattr(model, "window_size", window_size), "in_chans": getattr(model, "in_chans", in_chans),
     }
+    if hasattr(model, "pretrained_window_size"):
+        meta["pretrained_window_size"] = list(model.pretrained_window_size)
     _save(Path(dst), model.state_dict(), meta, {key: str(value) for key, value in meta.items()})
     return report
 
