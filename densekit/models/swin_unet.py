@@ -77,18 +77,21 @@ def build_swin_encoder(cfg: dict, version: int = 1) -> tuple[SwinTransformer | S
         raise ValueError("Swin-Unet's encoder has no per-stage output norms (only the bottleneck norm): "
                          "leave out_norm out of the backbone config")
     cfg.pop("out_indices", None)  # every stage's input is a skip; the encoder's own outputs are unused
-    other = {other_name: v for v, (_, other_name, _) in VERSIONS.items() if other_name != name}
-    if kind == name:
-        encoder = cls(out_norm=False, **cfg)
-    elif kind not in other:
-        encoder = create_backbone(kind, out_norm=False, **cfg)
-    if kind in other or not isinstance(encoder, cls):
-        found = kind if kind in other else type(encoder).__name__
-        hint = f" (a Swin V{other[found]} encoder: build the SwinUnet with version={other[found]})" \
-            if found in other else ""
-        raise TypeError(f"SwinUnet version={version} needs a densekit {name} encoder, got {found} for "
-                        f"backbone.type={kind!r}{hint}")
+    named = {class_name: v for v, (_, class_name, _) in VERSIONS.items()}.get(kind)
+    if named not in (None, version):  # the other version's class: refused before building it
+        raise TypeError(_wrong_encoder(version, kind, kind, named))
+    encoder = cls(out_norm=False, **cfg) if kind == name else create_backbone(kind, out_norm=False, **cfg)
+    if not isinstance(encoder, cls):
+        built = next((v for v, (c, _, _) in VERSIONS.items() if isinstance(encoder, c)), None)
+        raise TypeError(_wrong_encoder(version, kind, type(encoder).__name__, built))
     return encoder, pretrained, bias_resize or "bicubic"
+
+
+def _wrong_encoder(version: int, kind: str, found: str, found_version: int | None) -> str:
+    hint = f" (a Swin V{found_version} encoder: build the SwinUnet with version={found_version})" \
+        if found_version else ""
+    return (f"SwinUnet version={version} needs a densekit {VERSIONS[version][1]} encoder, got {found} for "
+            f"backbone.type={kind!r}{hint}")
 
 
 def mirrored_decoder_settings(encoder: SwinTransformer | SwinTransformerV2) -> dict:

@@ -319,7 +319,7 @@ def test_config_model_builds_runs_and_takes_a_training_step():
 def test_config_trains_on_mr_slices_then_test_and_infer_exit_0(tmp_path):
     from densekit.apis import train
 
-    iters = 30
+    iters = 20
     cfg = _tiny_cfg(tmp_path / "work", iters)
     runner = train(cfg, work_dir=cfg.work_dir)
     losses = np.asarray(runner.message_hub.get_scalar("train/loss").data[0], np.float64)
