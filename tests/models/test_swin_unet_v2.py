@@ -224,6 +224,20 @@ def test_hf_v2_file_loads_into_the_encoder(tmp_path):
     assert model.pretrained_report.layout == "hf"
 
 
+def test_a_whole_v2_swin_unet_checkpoint_loads_as_pretrained(tmp_path):
+    """A densekit Swin-Unet V2 file (what training saves) given to ``pretrained`` loads whole, not mirrored."""
+    source = slim_v2(seed=1)
+    _noisy(source)
+    path = tmp_path / "swin_unet_v2.pth"
+    torch.save({"state_dict": source.state_dict()}, path)
+    model = slim_v2(seed=2, pretrained=str(path))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    report = model.pretrained_report
+    assert report.layout == "densekit" and not report.mirrored and not report.missing
+    assert report.windows.startswith("window 7")
+
+
 def test_v1_file_into_v2_swin_unet_is_refused(tmp_path):
     torch.manual_seed(0)
     v1 = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2, 2, 2, 2))
