@@ -224,6 +224,35 @@ def test_hf_v2_file_loads_into_the_encoder(tmp_path):
     assert model.pretrained_report.layout == "hf"
 
 
+def test_official_v2_layout_loads_into_encoder_and_mirrored_decoder(timm_v2_file, tmp_path):
+    """The official layout (``{'model': ...}``, merging at the end of stage i, position buffers present), written
+    from the timm file: the same weights land in the same places."""
+    _, timm_sd = timm_v2_file
+    official = {}
+    for key, value in timm_sd.items():
+        stage = key.split(".")[1] if key.startswith("layers.") else None
+        if stage is not None and ".downsample." in key:
+            key = key.replace(f"layers.{stage}.", f"layers.{int(stage) - 1}.", 1)
+        official[key.replace("head.fc.", "head.")] = value
+        if key.endswith(".attn.logit_scale"):  # the buffers the official blocks save
+            official[key.replace("logit_scale", "relative_coords_table")] = torch.zeros(1, 15, 15, 2)
+            official[key.replace("logit_scale", "relative_position_index")] = torch.zeros(64, 64, dtype=torch.long)
+    path = tmp_path / "swinv2_tiny_patch4_window8_256_official.pth"
+    torch.save({"model": official}, path)
+    init_default_scope("densekit")
+    cfg = Config.fromfile(str(CONFIG))
+    cfg.model.backbone.pretrained = str(path)
+    model = MODELS.build(cfg.model)
+    sd, report = model.state_dict(), model.pretrained_report
+    assert report.layout == "official"
+    assert torch.equal(sd["backbone.stages.0.downsample.reduction.weight"],
+                       timm_sd["layers.1.downsample.reduction.weight"])
+    assert torch.equal(sd["backbone.stages.2.downsample.norm.bias"], timm_sd["layers.3.downsample.norm.bias"])
+    assert torch.equal(sd["decode_head.stages.0.blocks.1.attn.cpb_mlp.2.weight"],
+                       timm_sd["layers.2.blocks.1.attn.cpb_mlp.2.weight"])
+    assert any(key.endswith("relative_coords_table") for key, _ in report.dropped)
+
+
 def test_a_whole_v2_swin_unet_checkpoint_loads_as_pretrained(tmp_path):
     """A densekit Swin-Unet V2 file (what training saves) given to ``pretrained`` loads whole, not mirrored."""
     source = slim_v2(seed=1)
