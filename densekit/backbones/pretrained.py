@@ -190,9 +190,20 @@ def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping
 
 
 # ------------------------------------------------------------------------------------------- Swin-Unet
+def _pos_grid(model: nn.Module) -> tuple[int, int] | None:
+    # A Swin V2 encoder has no absolute position embedding, hence no grid.
+    return getattr(model.backbone, "pretrain_grid", None)
+
+
+def _swin_unet_windows(model: nn.Module, report: LoadReport, source: str) -> None:
+    """A Swin V2 Swin-Unet's report says which windows its position bias uses (encoder; the decoder mirrors it)."""
+    if getattr(model, "version", 1) == 2:
+        report.windows = v2_windows(model.backbone.window_size, tuple(model.backbone.pretrained_window_size), source)
+
+
 def load_swin_unet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping,
                               bias_resize: str = "bicubic", strict: bool = True, verbose: bool = True,
-                              new_classes: bool = False) -> LoadReport:
+                              new_classes: bool = False, source: str = "") -> LoadReport:
     """Load a whole Swin-Unet checkpoint (official or densekit layout) into a densekit ``SwinUnet``.
 
     Args:
@@ -204,43 +215,51 @@ def load_swin_unet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | 
         new_classes: a classifier (``output`` / ``conv_seg``) for another number of classes is dropped and
             reported, and the model's keeps its initialisation (fine-tuning; the official ``load_from``
             always drops it), instead of raising.
+        source: names a checkpoint given in memory in messages (a path names itself).
 
     Raises:
         CheckpointError: not a Swin-Unet checkpoint, unexpected keys, shapes that cannot be resized, or
             (``strict``) missing weights; named in the message.
     """
-    obj, source = _read(checkpoint)
+    obj, path = _read(checkpoint)
+    source = path or source
     try:
         converted, report = convert_swin_unet(checkpoint_tensors(obj))
     except CheckpointError as error:
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
     _fit_and_load(model, converted, report, swin_unet_policy(strict, new_classes), source, bias_resize,
-                  model.backbone.pretrain_grid)
+                  _pos_grid(model))
+    _swin_unet_windows(model, report, source)
     if verbose:
         _log(report)
     return report
 
 
 def load_imagenet_swin(model: nn.Module, checkpoint: str | os.PathLike | Mapping, bias_resize: str = "bicubic",
-                       verbose: bool = True) -> LoadReport:
+                       verbose: bool = True, source: str = "") -> LoadReport:
     """Initialise a densekit ``SwinUnet`` from ImageNet Swin weights as the official ``load_from`` does.
 
-    Any Swin layout ``densekit.convert`` reads (official, timm, mmseg, densekit) is converted to densekit's,
-    mirrored (``convert.swin_unet.mirror_encoder``), fitted to the model (bias tables resized, other shape
+    Any Swin layout ``densekit.convert`` reads for the model's ``version`` (V1: official, timm, mmseg, densekit;
+    V2: official, timm, HF, densekit; a file of the other version is refused by name) is converted to densekit's,
+    mirrored (``convert.swin_unet.mirror_encoder``), fitted to the model (V1 bias tables resized, other shape
     misfits dropped, keys the model lacks ignored, all reported) and loaded non-strictly.
+
+    ``source`` names a checkpoint given in memory (a path names itself).
 
     Returns:
         The ``LoadReport``: ``mirrored`` lists the decoder weights taken from encoder stages, ``missing``
         what keeps its random initialisation (decoder expansions, skip projections, classifier).
     """
     check_bias_resize(bias_resize)
-    obj, source = _read(checkpoint)
+    obj, path = _read(checkpoint)
+    source = path or source
     try:
-        converted, report = imagenet_to_swin_unet(unwrap(obj), len(model.backbone.stages))
+        converted, report = imagenet_to_swin_unet(unwrap(obj), len(model.backbone.stages),
+                                                  getattr(model, "version", 1))
     except CheckpointError as error:
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
-    _fit_and_load(model, converted, report, SWIN_UNET_IMAGENET_POLICY, source, bias_resize,
-                  model.backbone.pretrain_grid)
+    _fit_and_load(model, converted, report, SWIN_UNET_IMAGENET_POLICY, source, bias_resize, _pos_grid(model))
+    _swin_unet_windows(model, report, source)
     if verbose:
         _log(report)
     return report
@@ -257,10 +276,9 @@ def load_swin_unet_pretrained(model: nn.Module, path: str | os.PathLike | Mappin
     except CheckpointError as error:
         raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
     if layout is not None:
-        report = load_swin_unet_checkpoint(model, obj, bias_resize, verbose=False, new_classes=True)
+        report = load_swin_unet_checkpoint(model, obj, bias_resize, verbose=False, new_classes=True, source=source)
     else:
-        report = load_imagenet_swin(model, obj, bias_resize, verbose=False)
-    report.source = source
+        report = load_imagenet_swin(model, obj, bias_resize, verbose=False, source=source)
     if verbose:
         _log(report)
     return report

@@ -104,12 +104,18 @@ class SwinV2Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, H, W, C)`` -> (stage output ``(B, H, W, C)``, next input ``(B, H/2, W/2, 2C)``)."""
+        x = self.run_blocks(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks in turn, each checkpointed while training with ``with_cp``: ``(B, H, W, C)`` -> same.
+        (Swin-Unet's V2 decoder stages run their blocks through it.)"""
         for block in self.blocks:
             if self.with_cp and x.requires_grad:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return x, (self.downsample(x) if self.downsample is not None else x)
+        return x
 
 
 def _per_stage(value: int | tuple[int, ...], stages: int, name: str) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from .io import strip_prefixes
 from .report import CheckpointError, LoadReport
 from .rules import BUFFER_RULES, Rule, StateDict, Tensors, apply_rules
 from .swin import convert_swin
+from .swin_v2 import convert_swin_v2, detect_v2_layout
 
 SWIN_UNET_PREFIXES = ("module.", "swin_unet.")  # nn.DataParallel, the official SwinUnet wrapper
 
@@ -150,15 +151,42 @@ def mirror_encoder(swin: Tensors, num_stages: int
     return out, placed, mirrored, dropped
 
 
-def imagenet_to_swin_unet(state_dict: Tensors, num_stages: int) -> tuple[StateDict, LoadReport]:
-    """ImageNet Swin weights (unwrapped, any layout ``detect_layout`` knows) -> densekit ``SwinUnet`` keys,
-    the encoder mirrored into the decoder (``mirror_encoder``).
+_V1_KEY = re.compile(r"relative_position_bias_table$")
+_V2_KEY = re.compile(r"cpb_mlp|continuous_position_bias_mlp|logit_scale$")
+
+
+def imagenet_encoder(state_dict: Tensors, version: int = 1) -> tuple[StateDict, LoadReport]:
+    """ImageNet Swin weights (unwrapped) -> densekit Swin keys for the encoder of a ``SwinUnet(version=...)``:
+    V1 through ``convert_swin`` (official, timm, mmseg, densekit), V2 through ``convert_swin_v2`` (official,
+    timm, HF, densekit).
+
+    Raises:
+        CheckpointError: a file of the other Swin version, named as such.
+    """
+    keys = list(state_dict)
+    v1_file, v2_file = any(_V1_KEY.search(k) for k in keys), any(_V2_KEY.search(k) for k in keys)
+    if version == 2 and v1_file and not v2_file:
+        raise CheckpointError("a Swin V1 checkpoint (relative_position_bias_table keys, no cpb_mlp / logit_scale) "
+                              "given to a Swin V2 Swin-Unet (version=2): V1 attention weights do not fit V2 blocks; "
+                              "build the Swin-Unet with version=1 for this file, or give Swin V2 weights")
+    if version == 1 and v2_file:
+        raise CheckpointError("a Swin V2 checkpoint (cpb_mlp / logit_scale keys) given to a Swin V1 Swin-Unet "
+                              "(version=1): build the Swin-Unet with version=2 for this file")
+    if version == 2:
+        return convert_swin_v2(state_dict, detect_v2_layout(state_dict))
+    return convert_swin(state_dict, detect_layout(state_dict))
+
+
+def imagenet_to_swin_unet(state_dict: Tensors, num_stages: int, version: int = 1) -> tuple[StateDict, LoadReport]:
+    """ImageNet Swin weights (unwrapped; a V1 or V2 layout as ``imagenet_encoder`` reads for ``version``) ->
+    densekit ``SwinUnet`` keys, the encoder mirrored into the decoder (``mirror_encoder``; V2 blocks mirror into
+    the V2 decoder's key for key).
 
     Returns:
         ``(state_dict, report)``; ``renamed`` and ``mirrored`` name the checkpoint's own keys. What does not
         fit the model is for ``fit`` to drop (``fit.SWIN_UNET_IMAGENET_POLICY``).
     """
-    swin, base = convert_swin(state_dict, detect_layout(state_dict))
+    swin, base = imagenet_encoder(state_dict, version)
     merged, placed, mirrored, dropped = mirror_encoder(swin, num_stages)
     origin = {new: old for old, new in base.renamed}
     report = LoadReport(kind="Swin-Unet", layout=base.layout, dropped=base.dropped,

@@ -16,6 +16,8 @@ right and bottom to a multiple of the patch size (``PatchEmbed``), patch merging
 decoder stage crops its upsampled map to the size of its skip, and the logits are cropped back to
 ``(H, W)``. For sides that are multiples of ``patch_size * 2**(stages-1)`` (32 for Swin-T, e.g. 224)
 nothing is padded or cropped and the computation is the official one.
+
+``SwinUnet(version=2)`` builds the same network on Swin V2 blocks, encoder and decoder (``swin_unet_v2.py``).
 """
 from __future__ import annotations
 
@@ -25,13 +27,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..backbones import SwinTransformer, create_backbone
+from ..backbones import SwinTransformer, SwinTransformerV2, create_backbone
 from ..backbones.pretrained import load_swin_unet_pretrained
 from ..heads.swin_unet_decoder import SwinUnetDecoder
 from ..registry import MODELS
 from ..structures import SegDataSample
 from .base_segmentor import BaseSegmentor, check_test_cfg, stack_labels
 from .losses import DecodeLoss, build_decode_loss, pop_loss_keys
+from .swin_unet_v2 import SwinUnetV2Decoder
 
 # The official trainer's loss: 0.4 * torch's CrossEntropyLoss() (the mean over the counted pixels) + 0.6 * its
 # DiceLoss(num_classes)(softmax=True).
@@ -39,42 +42,70 @@ DEFAULT_LOSS = [dict(type="CrossEntropyLoss", loss_weight=0.4, avg_non_ignore=Tr
                 dict(type="SwinUnetDiceLoss", loss_weight=0.6)]
 # Medical slices come as float intensities already windowed to [0, 1]: no mean/std, no channel flip.
 DEFAULT_PREPROCESSOR = dict(type="SegDataPreProcessor", mean=[0.0], std=[1.0], bgr_to_rgb=False)
+# Swin version -> (encoder class, its config type name, decoder class): V1 blocks, or Swin V2's res-post-norm blocks
+# with cosine attention in both encoder and decoder.
+VERSIONS = {1: (SwinTransformer, "SwinTransformer", SwinUnetDecoder),
+            2: (SwinTransformerV2, "SwinTransformerV2", SwinUnetV2Decoder)}
 
 
-def build_swin_encoder(cfg: dict) -> tuple[SwinTransformer, str | None, str]:
-    """A densekit Swin without output norms from ``cfg``, plus its ``pretrained`` path and ``bias_resize``.
+def check_version(version: object) -> int:
+    """``version`` as given if it is a Swin version Swin-Unet is built on (1 or 2); a ValueError naming it if not."""
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise ValueError(f"SwinUnet version must be one of {sorted(VERSIONS)} (Swin V1 or V2 blocks), "
+                         f"got version={version!r}")
+    return int(version)
 
-    ``cfg['type']`` is ``'SwinTransformer'`` (default; the other keys are its arguments) or a densekit Swin
-    preset (``'swin_t'``...). ``pretrained`` is taken out: ``SwinUnet`` loads it into the whole model.
+
+def build_swin_encoder(cfg: dict, version: int = 1) -> tuple[SwinTransformer | SwinTransformerV2, str | None, str]:
+    """A densekit Swin of ``version`` without output norms from ``cfg``, plus its ``pretrained`` path and
+    ``bias_resize``.
+
+    ``cfg['type']`` is the version's class name (``'SwinTransformer'`` / ``'SwinTransformerV2'``, the default; the
+    other keys are its arguments) or a densekit preset of that version (``'swin_t'``..., ``'swinv2_t'``...).
+    ``pretrained`` is taken out: ``SwinUnet`` loads it into the whole model. ``bias_resize`` is V1's (V2 has no
+    bias tables) and refused by name for V2.
     """
     cfg = dict(cfg)
-    kind = cfg.pop("type", "SwinTransformer")
+    cls, name, _ = VERSIONS[check_version(version)]
+    kind = cfg.pop("type", name)
     pretrained = cfg.pop("pretrained", None)
-    bias_resize = cfg.pop("bias_resize", "bicubic")
+    bias_resize = cfg.pop("bias_resize", None)
+    if bias_resize is not None and version == 2:
+        raise ValueError("backbone.bias_resize: a Swin V2 encoder has no bias tables to resize (its position-bias "
+                         "MLP moves to any window); give pretrained_window_size instead")
     if cfg.pop("out_norm", False):
         raise ValueError("Swin-Unet's encoder has no per-stage output norms (only the bottleneck norm): "
                          "leave out_norm out of the backbone config")
     cfg.pop("out_indices", None)  # every stage's input is a skip; the encoder's own outputs are unused
-    if kind == "SwinTransformer":
-        encoder = SwinTransformer(out_norm=False, **cfg)
-    else:
-        encoder = create_backbone(kind, out_norm=False, **cfg)
-    if not isinstance(encoder, SwinTransformer):
-        raise TypeError(f"Swin-Unet needs a densekit Swin encoder, got {type(encoder).__name__} for {kind!r}")
-    return encoder, pretrained, bias_resize
+    named = {class_name: v for v, (_, class_name, _) in VERSIONS.items()}.get(kind)
+    if named not in (None, version):  # the other version's class: refused before building it
+        raise TypeError(_wrong_encoder(version, kind, kind, named))
+    encoder = cls(out_norm=False, **cfg) if kind == name else create_backbone(kind, out_norm=False, **cfg)
+    if not isinstance(encoder, cls):
+        built = next((v for v, (c, _, _) in VERSIONS.items() if isinstance(encoder, c)), None)
+        raise TypeError(_wrong_encoder(version, kind, type(encoder).__name__, built))
+    return encoder, pretrained, bias_resize or "bicubic"
 
 
-def mirrored_decoder_settings(encoder: SwinTransformer) -> dict:
+def _wrong_encoder(version: int, kind: str, found: str, found_version: int | None) -> str:
+    hint = f" (a Swin V{found_version} encoder: build the SwinUnet with version={found_version})" \
+        if found_version else ""
+    return (f"SwinUnet version={version} needs a densekit {VERSIONS[version][1]} encoder, got {found} for "
+            f"backbone.type={kind!r}{hint}")
+
+
+def mirrored_decoder_settings(encoder: SwinTransformer | SwinTransformerV2) -> dict:
     """Decoder arguments that mirror ``encoder`` as the official ``SwinTransformerSys`` builds them.
 
     Decoder stage ``k`` (coarsest first) mirrors encoder stage ``n-2-k``: its depth, heads and the
-    stochastic-depth rates of that stage's blocks; window, MLP ratio, q/k/v bias, dropout, checkpointing
-    and attention implementation are the encoder's.
+    stochastic-depth rates of that stage's blocks (and, for V2, its ``pretrained_window_size``); window, MLP
+    ratio, q/k/v bias, dropout, checkpointing and attention implementation are the encoder's.
     """
     stages = list(encoder.stages)
     mirrored = stages[-2::-1]
     first = stages[0].blocks[0]
-    return dict(
+    v2 = isinstance(encoder, SwinTransformerV2)
+    settings = dict(
         in_channels=[stage.blocks[0].norm1.normalized_shape[0] for stage in stages],
         depths=[len(stage.blocks) for stage in mirrored],
         num_heads=[stage.blocks[0].attn.num_heads for stage in mirrored],
@@ -82,12 +113,16 @@ def mirrored_decoder_settings(encoder: SwinTransformer) -> dict:
         drop_path_rates=[[_drop_path_rate(block) for block in stage.blocks] for stage in mirrored],
         patch_size=encoder.patch_size,
         mlp_ratio=first.mlp.fc1.out_features / first.mlp.fc1.in_features,
-        qkv_bias=first.attn.qkv.bias is not None,
+        # V2 attention keeps q and v biases as parameters of their own (and k none), V1 a biased qkv linear.
+        qkv_bias=(first.attn.q_bias if v2 else first.attn.qkv.bias) is not None,
         drop_rate=first.attn.proj_drop.p,
         attn_drop_rate=first.attn.attn_drop,
         with_cp=stages[0].with_cp,
         attn_impl=first.attn.attn_impl,
     )
+    if v2:
+        settings["pretrained_window_size"] = [stage.blocks[0].attn.pretrained_window_size for stage in mirrored]
+    return settings
 
 
 def _drop_path_rate(block: nn.Module) -> float:
@@ -117,6 +152,12 @@ class SwinUnet(BaseSegmentor):
         data_preprocessor: default ``SegDataPreProcessor`` with mean 0, std 1 and no channel flip.
         test_cfg: ``mode='whole'`` (default) or ``'slide'``, optional ``tta`` (see ``BaseSegmentor``).
         init_cfg: mmengine's.
+        version: ``1`` (default: Swin V1 blocks, the published Swin-Unet) or ``2``: a ``SwinTransformerV2``
+            encoder (``type='SwinTransformerV2'`` or a ``swinv2_*`` preset, with ``window_size`` and
+            ``pretrained_window_size``) and ``SwinUnetV2Decoder`` stages of Swin V2 blocks (res-post-norm,
+            scaled cosine attention, continuous position bias); ``PatchExpand``, ``FinalPatchExpand``, the skips
+            and the losses are V1's. ``pretrained`` then takes Swin V2 ImageNet weights (official, timm or HF
+            layout), mirrored into the decoder as for V1; a V1 file is refused by name.
 
     A 1-channel input to a 3-channel encoder is repeated to 3 channels (the official wrapper does this).
 
@@ -128,7 +169,7 @@ class SwinUnet(BaseSegmentor):
 
     def __init__(self, backbone: dict | None = None, decode_head: dict | None = None,
                  data_preprocessor: dict | nn.Module | None = None, init_cfg: dict | None = None,
-                 test_cfg: dict | None = None) -> None:
+                 test_cfg: dict | None = None, version: int = 1) -> None:
         data_preprocessor = data_preprocessor or dict(DEFAULT_PREPROCESSOR)
         if isinstance(data_preprocessor, dict):
             data_preprocessor = MODELS.build(data_preprocessor)  # densekit's registry, as EncoderDecoder does
@@ -137,7 +178,8 @@ class SwinUnet(BaseSegmentor):
         check_test_cfg(self.test_cfg)
         backbone = backbone if backbone is not None else dict(
             embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.1)
-        self.backbone, pretrained, bias_resize = build_swin_encoder(backbone)
+        self.version = check_version(version)
+        self.backbone, pretrained, bias_resize = build_swin_encoder(backbone, self.version)
         self.norm = nn.LayerNorm(self.backbone.stages[-1].blocks[0].norm1.normalized_shape[0])
         self.decode_head, self.loss_decode = self._build_decoder(copy.deepcopy(dict(decode_head or {})))
         self.neck = None  # the segmentor attributes the tools and converters look for
@@ -148,9 +190,11 @@ class SwinUnet(BaseSegmentor):
             self.pretrained_report = load_swin_unet_pretrained(self, pretrained, bias_resize=bias_resize)
 
     def _build_decoder(self, cfg: dict) -> tuple[SwinUnetDecoder, DecodeLoss]:
-        kind = cfg.pop("type", "SwinUnetDecoder")
-        if kind != "SwinUnetDecoder":
-            raise ValueError(f"Swin-Unet's decode_head must be a SwinUnetDecoder, got {kind!r}")
+        decoder_cls = VERSIONS[self.version][2]
+        kind = cfg.pop("type", decoder_cls.__name__)
+        if kind != decoder_cls.__name__:
+            raise ValueError(f"a version={self.version} Swin-Unet's decode_head must be a {decoder_cls.__name__}, "
+                             f"got {kind!r}")
         loss_decode, ignore_index = pop_loss_keys(cfg)
         mirrored = mirrored_decoder_settings(self.backbone)
         if "in_channels" in cfg and list(cfg["in_channels"]) != mirrored["in_channels"]:
@@ -158,7 +202,7 @@ class SwinUnet(BaseSegmentor):
                              f"{mirrored['in_channels']} channels")
         if "depths" in cfg and "drop_path_rates" not in cfg:
             cfg["drop_path_rates"] = [_fit_rates(r, d) for r, d in zip(mirrored["drop_path_rates"], cfg["depths"])]
-        decoder = SwinUnetDecoder(**{**mirrored, **cfg})
+        decoder = decoder_cls(**{**mirrored, **cfg})
         loss = build_decode_loss(loss_decode, "decode_head.loss_decode", num_classes=decoder.num_classes,
                                  ignore_index=ignore_index, align_corners=self.align_corners, default=DEFAULT_LOSS)
         return decoder, loss
