@@ -65,7 +65,7 @@ def prepare(args: argparse.Namespace):
     cfg = load_config(args.config, args.cfg_options, notes)
     data = args.data or demo_data_folder(cfg)
     if data:
-        notes += use_data_folder(cfg, data, args.classes)
+        notes += use_data_folder(cfg, data, args.classes, keep=args.cfg_options or ())
     elif args.classes:
         raise FileNotFoundError("--classes names the classes of a --data folder; give --data DIR too")
     check_datasets(cfg, ("train_dataloader", "val_dataloader"))  # fail before building the model

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from mmengine.config import Config
 
@@ -118,17 +118,19 @@ def read_palette(path: str, num_classes: int) -> list[list[int]]:
     return palette
 
 
-def set_num_classes(model: dict, num_classes: int) -> list[str]:
+def set_num_classes(model: dict, num_classes: int, keep: Iterable[str] = ()) -> list[str]:
     """Set ``num_classes`` in every head of a model config (``decode_head``, ``auxiliary_head``, a list of
-    auxiliary heads, any other ``*_head`` that has the key); returns the dotted keys set."""
-    keys = []
+    auxiliary heads, any other ``*_head`` that has the key) except the dotted keys in ``keep`` (set explicitly
+    by the user: the class check then judges them); returns the dotted keys set."""
+    keep, keys = set(keep), []
     for name, head in model.items():
         if not name.endswith("_head"):
             continue
         for i, sub in enumerate(head if isinstance(head, (list, tuple)) else [head]):
-            if isinstance(sub, dict) and "num_classes" in sub:
+            key = f"model.{name}" + (f".{i}" if isinstance(head, (list, tuple)) else "") + ".num_classes"
+            if isinstance(sub, dict) and "num_classes" in sub and key not in keep:
                 sub["num_classes"] = num_classes
-                keys.append(f"model.{name}" + (f".{i}" if isinstance(head, (list, tuple)) else "") + ".num_classes")
+                keys.append(key)
     return keys
 
 
@@ -160,10 +162,12 @@ def _nifti_datasets(data_dir: str, classes: list[str] | None, window) -> tuple[d
     return {"train": dict(common, cases=train_cases), "val": dict(common, cases=cases[-1:])}, names
 
 
-def use_data_folder(cfg: Config, data_dir: str, classes: str | Sequence[str] | None = None) -> list[str]:
+def use_data_folder(cfg: Config, data_dir: str, classes: str | Sequence[str] | None = None,
+                    keep: Iterable[str] = ()) -> list[str]:
     """Point ``cfg``'s train / val / test datasets at ``data_dir`` and its heads at its classes, in place.
 
     ``classes``: ``'a,b,c'`` or a list; default ``data_dir/classes.txt`` (NIfTI: ``dataset.json``'s labels).
+    ``keep``: dotted keys the user set explicitly (``--cfg-options``): a head's ``num_classes`` among them stays.
     Returns one line per change, for the log. Raises ``FileNotFoundError`` / ``ConfigError`` naming the
     folder or file at fault.
     """
@@ -185,7 +189,7 @@ def use_data_folder(cfg: Config, data_dir: str, classes: str | Sequence[str] | N
                                 f"(SegDataset) nor imagesTr + labelsTr (NIfTI); it holds {held}")
     for loader in LOADERS:
         _replace_dataset(cfg, loader, datasets["train" if loader == "train_dataloader" else "val"])
-    heads = set_num_classes(cfg.model, len(names))
+    heads = set_num_classes(cfg.model, len(names), keep)
     return [f"data: {data_dir} as {kind}, {len(names)} classes ({', '.join(names)})",
             f"data: num_classes = {len(names)} in {', '.join(heads) or 'no head (none has num_classes)'}"]
 

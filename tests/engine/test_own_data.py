@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from own_data_folder import make_folder
 
 from densekit.datasets.bad_samples import BadSampleError
 from densekit.engine.config import load_config
@@ -14,21 +15,7 @@ from densekit.engine.config_check import ConfigError
 from densekit.engine.data_check import check_datasets, check_samples
 from densekit.engine.own_data import demo_data_folder, find_image_suffix, read_classes, set_num_classes, use_data_folder
 
-CLASSES = ["road", "building", "tree"]
-
-
-def make_folder(root: Path, suffix: str = ".png", classes=CLASSES, size: int = 32, per_split: int = 2) -> Path:
-    """A tiny custom-layout folder: random images and masks with values 0..len(classes)-1."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i in range(per_split):
-            cv2.imwrite(str(root / "images" / split / f"{i}{suffix}"), rng.integers(0, 255, (size, size, 3), np.uint8))
-            cv2.imwrite(str(root / "masks" / split / f"{i}.png"), rng.integers(0, len(classes), (size, size), np.uint8))
-    if classes is not None:
-        (root / "classes.txt").write_text("\n".join(classes) + "\n")
-    return root
+CLASSES = ["road", "building", "tree"]  # make_folder's
 
 
 def test_the_image_suffix_is_found_and_mixed_or_missing_images_are_named(tmp_path):
@@ -136,3 +123,24 @@ def test_an_override_of_the_wrong_kind_names_the_key():
     with pytest.raises(ConfigError, match="train_cfg.max_iters must be an integer"):
         load_config("upernet_swin_t_demo", {"train_cfg.max_iters": 2.5})
     assert load_config("upernet_swin_t_demo", {"optim_wrapper.optimizer.lr": 1}).optim_wrapper.optimizer.lr == 1
+
+
+MR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medical"
+
+
+@pytest.mark.skipif(not (MR / "mr_crop.nii.gz").is_file(), reason="needs ../shared/data/medical")
+def test_a_nifti_folder_trains_swin_unet_with_the_config_window(tmp_path):
+    import shutil
+
+    for case in ("case_a", "case_b"):
+        for kind, name in (("imagesTr", "mr_crop.nii.gz"), ("labelsTr", "mr_crop_label.nii.gz")):
+            (tmp_path / kind).mkdir(exist_ok=True)
+            shutil.copy(MR / name, tmp_path / kind / f"{case}.nii.gz")
+    cfg = load_config("swin_unet_t_nifti", {"train_dataloader.dataset.window": "mr"})
+    notes = use_data_folder(cfg, str(tmp_path), "background,left,right")
+    assert "NiftiSliceDataset (window 'mr'), 3 classes" in notes[0]
+    assert cfg.model.decode_head.num_classes == 3
+    train, val = cfg.train_dataloader.dataset, cfg.val_dataloader.dataset
+    assert (train.cases, val.cases, train.window, val.window) == (["case_a"], ["case_b"], "mr", "mr")
+    check_datasets(cfg)
+    assert check_samples(cfg) == 70  # 35 slices per case

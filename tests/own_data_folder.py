@@ -1,13 +1,29 @@
-"""A data folder in mmsegmentation's custom layout, built from the real Potsdam and Vaihingen crops in
-../shared/data (6 classes, .png images), for the ``densekit train --data`` tests."""
+"""Data folders in mmsegmentation's custom layout for the ``densekit train --data`` tests: a tiny random one
+(``make_folder``) and one built from the real Potsdam and Vaihingen crops in ../shared/data (``build_folder``:
+6 classes, .png images)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-SHARED_SEG = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "seg"
+SHARED_SEG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "seg"
 CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
+
+
+def make_folder(root: Path, suffix: str = ".png", classes=("road", "building", "tree"), size: int = 32,
+                per_split: int = 2) -> Path:
+    """A tiny folder of random images and masks (values 0..len(classes)-1) and ``classes.txt``."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(per_split):
+            cv2.imwrite(str(root / "images" / split / f"{i}{suffix}"), rng.integers(0, 255, (size, size, 3), np.uint8))
+            cv2.imwrite(str(root / "masks" / split / f"{i}.png"), rng.integers(0, len(classes), (size, size), np.uint8))
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
 
 
 def have_shared_seg() -> bool:
