@@ -3,7 +3,7 @@
 mmengine's Runner logs the system environment, the whole config, the hook order and the weight
 initialisation of every parameter before the first iteration, on the terminal and in the log file. A quiet
 run keeps all of it in ``<work_dir>/<timestamp>/<timestamp>.log`` and shows the terminal only warnings until
-the first training iteration starts. mmengine offers no switch for this: its logger's terminal handler
+the training loop starts. mmengine offers no switch for this: its logger's terminal handler
 writes to whatever ``sys.stdout`` was when the Runner built it, so the Runner is built with ``sys.stdout``
 pointed at a sink and the handler is then given the real stream behind a ``StartGate`` filter.
 """
@@ -32,20 +32,21 @@ class StartGate(logging.Filter):
         return self.open or record.levelno >= logging.WARNING
 
 
-class _OpenAtFirstIteration(Hook):
-    """Opens the terminal gate when training starts its first iteration."""
+class _OpenAtTrainingStart(Hook):
+    """Opens the terminal gate when the training loop starts (before the checkpoint hook's "Checkpoints will be
+    saved to" line: the first line a reader and tools/check_readme.py look for)."""
 
     priority = "HIGHEST"
 
     def __init__(self, gate: StartGate) -> None:
         self.gate = gate
 
-    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+    def before_train(self, runner) -> None:
         self.gate.open = True
 
 
 def build_quietly(build: Callable[[], object]):
-    """``build()`` a Runner with its terminal log gated until the first training iteration (see module doc).
+    """``build()`` a Runner with its terminal log gated until the training loop starts (see module doc).
 
     The log file keeps everything. Returns the runner, with a hook that opens the gate registered.
     """
@@ -57,7 +58,7 @@ def build_quietly(build: Callable[[], object]):
         if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sink:
             handler.setStream(sys.stdout)
             handler.addFilter(gate)
-    runner.register_hook(_OpenAtFirstIteration(gate))
+    runner.register_hook(_OpenAtTrainingStart(gate))
     return runner
 
 
