@@ -149,12 +149,14 @@ def _seg_datasets(data_dir: str, classes: list[str]) -> dict[str, dict]:
 
 def _nifti_datasets(data_dir: str, classes: list[str] | None, window) -> tuple[dict[str, dict], list[str]]:
     """``NiftiSliceDataset`` configs: the last case validates, the others train (one case: both)."""
+    from ..datasets.medical.io import case_name  # nibabel loads only for NIfTI folders
     from ..datasets.medical.nifti import NiftiSliceDataset
 
-    probe = NiftiSliceDataset(data_root=data_dir, classes=classes or ["background", "foreground"], lazy_init=True)
+    if classes is None and not osp.isfile(osp.join(data_dir, "dataset.json")):
+        raise FileNotFoundError(f"{data_dir} names no classes: write {osp.join(data_dir, 'classes.txt')} (one name "
+                                "per line, background first), a dataset.json with 'labels', or pass --classes a,b,c")
+    probe = NiftiSliceDataset(data_root=data_dir, classes=classes, lazy_init=True)  # classes None: dataset.json's
     probe.check_layout()
-    from ..datasets.medical.io import case_name
-
     cases = sorted(case_name(image) for image, _ in probe.pairs)
     train_cases = cases[:-1] or cases
     names = list(classes or probe.metainfo["classes"])

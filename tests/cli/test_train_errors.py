@@ -68,3 +68,21 @@ def test_mixed_image_suffixes(tmp_path):
     cv2.imwrite(str(folder / "images" / "val" / "x.jpg"), np.zeros((8, 8, 3), np.uint8))
     message = train(tmp_path, "upernet_swin_t_demo", "--data", folder)
     assert "images/val mixes image suffixes (2 .png, 1 .jpg)" in message
+
+
+def test_a_bad_sample_found_by_a_dataloader_worker_keeps_only_the_dataset_message():
+    """Past the up-front check (datasets of more than 1000 samples), torch re-raises a worker's error with the
+    worker's traceback in the message; the terminal gets the dataset's own sentence."""
+    from torch._utils import ExceptionWrapper
+
+    from densekit.cli.train import _bad_sample_message
+    from densekit.datasets.bad_samples import BadSampleError
+
+    try:
+        raise BadSampleError("SegDataset[7] (a.png): mask a.png has label values {200} outside 0..5")
+    except BadSampleError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BadSampleError) as info:
+        wrapped.reraise()
+    assert "Traceback" in str(info.value)
+    assert _bad_sample_message(info.value) == "SegDataset[7] (a.png): mask a.png has label values {200} outside 0..5"

@@ -144,3 +144,22 @@ def test_a_nifti_folder_trains_swin_unet_with_the_config_window(tmp_path):
     assert (train.cases, val.cases, train.window, val.window) == (["case_a"], ["case_b"], "mr", "mr")
     check_datasets(cfg)
     assert check_samples(cfg) == 70  # 35 slices per case
+
+
+@pytest.mark.skipif(not (MR / "mr_crop.nii.gz").is_file(), reason="needs ../shared/data/medical")
+def test_nifti_classes_come_from_dataset_json_or_are_asked_for(tmp_path):
+    import json
+    import shutil
+
+    for kind, name in (("imagesTr", "mr_crop.nii.gz"), ("labelsTr", "mr_crop_label.nii.gz")):
+        (tmp_path / kind).mkdir()
+        shutil.copy(MR / name, tmp_path / kind / "case_a.nii.gz")
+    cfg = load_config("swin_unet_t_nifti")
+    with pytest.raises(FileNotFoundError, match="names no classes.*classes.txt.*dataset.json.*--classes"):
+        use_data_folder(cfg, str(tmp_path))
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", "1": "left", "2": "right"},
+        "training": [{"image": "./imagesTr/case_a.nii.gz", "label": "./labelsTr/case_a.nii.gz"}]}))
+    use_data_folder(cfg, str(tmp_path))
+    assert cfg.train_dataloader.dataset.classes == ["background", "left", "right"]
+    assert cfg.train_dataloader.dataset.cases == cfg.val_dataloader.dataset.cases == ["case_a"]  # one case: both
