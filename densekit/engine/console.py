@@ -3,7 +3,7 @@
 mmengine's Runner logs the system environment, the whole config, the hook order and the weight
 initialisation of every parameter before the first iteration, on the terminal and in the log file. A quiet
 run keeps all of it in ``<work_dir>/<timestamp>/<timestamp>.log`` and shows the terminal only warnings until
-the training loop starts. mmengine offers no switch for this: its logger's terminal handler
+``runner.train()`` starts. mmengine offers no switch for this: its logger's terminal handler
 writes to whatever ``sys.stdout`` was when the Runner built it, so the Runner is built with ``sys.stdout``
 pointed at a sink and the handler is then given the real stream behind a ``StartGate`` filter.
 """
@@ -33,20 +33,20 @@ class StartGate(logging.Filter):
 
 
 class _OpenAtTrainingStart(Hook):
-    """Opens the terminal gate when the training loop starts (before the checkpoint hook's "Checkpoints will be
-    saved to" line: the first line a reader and tools/check_readme.py look for)."""
+    """Opens the terminal gate when ``runner.train()`` starts (``before_run``): what follows is about this run
+    (the checkpoint it resumes from, "Checkpoints will be saved to", which tools/check_readme.py waits for)."""
 
     priority = "HIGHEST"
 
     def __init__(self, gate: StartGate) -> None:
         self.gate = gate
 
-    def before_train(self, runner) -> None:
+    def before_run(self, runner) -> None:
         self.gate.open = True
 
 
 def build_quietly(build: Callable[[], object]):
-    """``build()`` a Runner with its terminal log gated until the training loop starts (see module doc).
+    """``build()`` a Runner with its terminal log gated until ``runner.train()`` starts (see module doc).
 
     The log file keeps everything. Returns the runner, with a hook that opens the gate registered.
     """

@@ -141,7 +141,7 @@ def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
 def build_train_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
                        launcher: str = "none", deterministic: bool = False, quiet: bool = False):
     """``build_runner``; ``quiet`` keeps mmengine's preamble (environment, config, hook order, weight
-    initialisation) in the log file and off the terminal until the training loop starts (``console.build_quietly``)."""
+    initialisation) in the log file and off the terminal until ``runner.train()`` starts (``console.build_quietly``)."""
     def build():
         return build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
 

@@ -1,5 +1,5 @@
 """A quiet Runner: mmengine's preamble (environment, config, hook order) goes to the log file, not the terminal,
-until the training loop starts; warnings still reach the terminal."""
+until ``runner.train()`` starts; warnings still reach the terminal."""
 from __future__ import annotations
 
 import torch
@@ -30,7 +30,7 @@ def test_the_preamble_goes_to_the_log_file_only(tmp_path, capsys):
     assert "System environment" not in out and "still quiet" not in out and "a warning shows" in out
     opener = [hook for hook in runner.hooks if type(hook).__name__ == "_OpenAtTrainingStart"]
     assert len(opener) == 1
-    opener[0].before_train(runner)  # the training loop starts: the gate opens
+    opener[0].before_run(runner)  # runner.train() starts: the gate opens
     runner.logger.info("iteration line")
     assert "iteration line" in capsys.readouterr().out
     log = next((tmp_path / "quiet").glob("*/*.log"))
