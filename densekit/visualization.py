@@ -241,7 +241,8 @@ def plot_curves(scalars: str | os.PathLike, out: str | os.PathLike, title: str =
         ax.annotate(f"{values[-1]:.4g}", (steps[-1], values[-1]), textcoords="offset points", xytext=(-4, 6),
                     ha="right", fontsize=8)
         # mmengine logs validation at the iteration (iteration-based loops) or the epoch (epoch-based ones)
-        ax.set(xlabel="iteration" if key in losses else "step (iteration or epoch)", title=key)
+        ax.set(xlabel="iteration" if key in losses else "step (iteration or epoch)", title=key,
+               ylabel="loss" if key in losses else key)
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
@@ -277,7 +278,8 @@ def plot_per_class_iou(class_names: Sequence[str], ious: Sequence[float], out: s
     ax.set_yticks(positions, [str(n) for n in class_names], fontsize=8)
     valid = ious[~np.isnan(ious)]
     mean = f"  (mIoU {valid.mean():.3f})" if valid.size else ""
-    ax.set(xlim=(0, 1.12), ylim=(-0.7, len(ious) - 0.3), xlabel="IoU", title=(title or "per-class IoU") + mean)
+    ax.set(xlim=(0, 1.12), ylim=(-0.7, len(ious) - 0.3), xlabel="IoU", ylabel="class",
+           title=(title or "per-class IoU") + mean)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out)

@@ -20,6 +20,9 @@ import warnings
 from mmengine.dataset import BaseDataset
 
 ON_BAD_SAMPLE = ("raise", "skip")
+# What a bad-sample error adds for the user: the switch that turns the refusal into a counted skip.
+SKIP_HINT = ("to skip such samples instead (counted, with a warning each), set on_bad_sample='skip' on the dataset, "
+             "e.g. --cfg-options train_dataloader.dataset.on_bad_sample=skip")
 
 
 class DatasetWarning(UserWarning):
@@ -57,6 +60,21 @@ class BadSampleMixin:
         self.skipped[str(path)] = reason
         warnings.warn(f"{type(self).__name__}: skipped {path}: {reason} ({len(self.skipped)} skipped so far; "
                       "see dataset.skipped)", DatasetWarning, stacklevel=3)
+
+    def check_sample(self, idx: int) -> None:
+        """Load sample ``idx`` the way the pipeline starts (``get_data_info`` and the leading ``Load*``
+        transforms, no augmentation) and raise its ``BadSampleError`` / ``OSError`` with the dataset, index and
+        file prepended, so tools can find a bad file before training instead of in a dataloader worker."""
+        try:
+            results = self.get_data_info(idx)
+            for transform in self.pipeline.transforms:
+                if not type(transform).__name__.startswith("Load"):
+                    break
+                results = transform(results)
+        except (BadSampleError, OSError) as error:
+            info = BaseDataset.get_data_info(self, idx)
+            path = info.get("img_path") or info.get("image_path") or info.get("path") or f"index {idx}"
+            raise type(error)(f"{type(self).__name__}[{idx}] ({path}): {error}") from error
 
     def prepare_data(self, idx: int):
         try:

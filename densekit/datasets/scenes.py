@@ -139,7 +139,9 @@ def generate_once(root: str, params: dict, marker: str, what: str, write: Callab
     if _is_complete(root, params, marker):
         return root
     if osp.exists(root) and not osp.exists(osp.join(root, marker)) and (not osp.isdir(root) or os.listdir(root)):
-        raise FileExistsError(f"{root} exists and is not a {what} (no {marker}); choose another folder or remove it")
+        raise FileExistsError(f"{root} exists and is not a {what} (no {marker}); to train on a folder of your own "
+                              "(images/{train,val}, masks/{train,val}, classes.txt) pass it as densekit train CONFIG "
+                              "--data FOLDER, else choose another folder for the generated data")
     parent = osp.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{osp.basename(root)}.tmp-", dir=parent)

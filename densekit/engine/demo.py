@@ -24,6 +24,7 @@ from ..visualization import comparison_panel, default_palette, plot_training_cur
 from .config import CONFIG_DIR, find_config
 from .data_check import check_datasets
 from .runner import train
+from .schedule import rescale_schedulers
 
 DEFAULT_BACKBONES = ("swin_t", "convnext_tiny", "resnet50")
 DEMO_NAME = "upernet_swin_t_demo"
@@ -68,16 +69,6 @@ def run_backbone_demo(names: tuple[str, ...] = DEFAULT_BACKBONES, size: tuple[in
 
 
 # ---------------------------------------------------------------------------------- segmentation demo
-def _rescale_schedule(schedulers: list[dict], old_max: int, new_max: int) -> None:
-    """Stretch or shrink iteration-based schedulers from ``old_max`` to ``new_max`` iterations, in place."""
-    ratio = new_max / old_max
-    for sched in schedulers:
-        begin = min(round(sched.get("begin", 0) * ratio), new_max - 1)
-        end = sched.get("end", old_max)
-        sched["begin"] = begin
-        sched["end"] = max(begin + 1, min(round(end * ratio), new_max))
-
-
 def load_demo_config(config: str | Path = DEMO_CONFIG, *, work_dir: str | None = None, data_root: str | None = None,
                      max_iters: int | None = None, val_interval: int | None = None,
                      crop_size: int | None = None, batch_size: int | None = None,
@@ -123,7 +114,7 @@ def load_demo_config(config: str | Path = DEMO_CONFIG, *, work_dir: str | None =
     interval = min(val_interval or cfg.train_cfg.val_interval, new_max)
     new_max = -(-new_max // interval) * interval  # the last iteration is a validation point
     if new_max != old_max:
-        _rescale_schedule(cfg.param_scheduler, old_max, new_max)
+        rescale_schedulers(cfg.param_scheduler, old_max, new_max)
     cfg.train_cfg.max_iters = new_max
     cfg.train_cfg.val_interval = interval
     cfg.default_hooks.checkpoint.interval = new_max

@@ -12,6 +12,7 @@ from mmengine.config import Config
 
 from ..convert import CheckpointError, checkpoint_safe_globals, is_refusal, refused_message
 from .config_check import ConfigError
+from .console import build_quietly
 
 
 @contextlib.contextmanager
@@ -137,17 +138,33 @@ def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
         dist.init_process_group(backend="gloo", **extra)
 
 
-def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
-          launcher: str = "none", unsafe_load: bool = False, deterministic: bool = False):
-    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics).
+def build_train_runner(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+                       launcher: str = "none", deterministic: bool = False, quiet: bool = False):
+    """``build_runner``; ``quiet`` keeps mmengine's preamble (environment, config, hook order, weight
+    initialisation) in the log file and off the terminal until ``runner.train()`` starts (``console.build_quietly``)."""
+    def build():
+        return build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
 
-    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``);
-    ``deterministic`` as in ``build_runner``.
-    """
-    runner = build_runner(cfg, work_dir, resume, amp, launcher, deterministic)
+    return build_quietly(build) if quiet else build()
+
+
+def run_train(runner, cfg: Config, unsafe_load: bool = False):
+    """``runner.train()`` with resumed and ``load_from`` checkpoints loading ``weights_only`` unless
+    ``unsafe_load`` (see ``safe_loading``); returns the runner."""
     with safe_loading(unsafe_load, _checkpoint_source(cfg)):
         runner.train()
     return runner
+
+
+def train(cfg: Config, work_dir: str | None = None, resume: bool = False, amp: bool = False,
+          launcher: str = "none", unsafe_load: bool = False, deterministic: bool = False, quiet: bool = False):
+    """Train with mmengine's Runner; returns the runner (its ``message_hub`` holds the last metrics).
+
+    Resumed and ``load_from`` checkpoints load ``weights_only`` unless ``unsafe_load`` (see ``safe_loading``);
+    ``deterministic`` as in ``build_runner``, ``quiet`` as in ``build_train_runner``.
+    """
+    runner = build_train_runner(cfg, work_dir, resume, amp, launcher, deterministic, quiet)
+    return run_train(runner, cfg, unsafe_load)
 
 
 def test(cfg: Config, checkpoint: str, work_dir: str | None = None, tta: bool = False,

@@ -98,3 +98,15 @@ def test_labelled_overlay_adds_a_legend_of_the_classes_present():
     assert (legend == [255, 0, 0]).all(-1).any()  # car's swatch, BGR
     assert not (legend == [0, 255, 0]).all(-1).any()  # road is absent from the label map
     assert labelled_overlay(image, np.full((40, 300), 255, np.uint8), palette).shape == (40, 300, 3)
+
+
+def test_every_plot_axis_is_labelled(tmp_path, monkeypatch):
+    import densekit.visualization as vis
+
+    figures = []
+    monkeypatch.setattr(vis, "save_figure", lambda fig, out: figures.append(fig) or Path(out))
+    write_run(tmp_path, "20260101_000000")
+    plot_work_dir(tmp_path)
+    axes = [ax for fig in figures for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3 + 3 + 1  # three loss terms, three metrics, the per-class chart
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes), [(ax.get_xlabel(), ax.get_ylabel()) for ax in axes]

@@ -144,9 +144,22 @@ class NiftiSliceDataset(MedicalSliceDataset):
             return read_dataset_json(json_path)
         return None, _pair_folders(root)
 
+    def check_layout(self) -> None:
+        """Raise ``FileNotFoundError`` when there is no volume or a listed file is missing. Cheap (no volume is
+        read), so tools call it on a ``lazy_init`` dataset before building a model."""
+        if not self.pairs:
+            raise FileNotFoundError(f"NiftiSliceDataset found no volumes under {self.data_root!r}: the Medical "
+                                    "Segmentation Decathlon layout is imagesTr/*.nii.gz, labelsTr/*.nii.gz (same "
+                                    "names) and optionally dataset.json")
+        for image_path, label_path in self.pairs:
+            for path in (image_path, label_path):
+                if path is not None and not osp.isfile(path):
+                    raise FileNotFoundError(f"volume {path} does not exist (NiftiSliceDataset, data_root="
+                                            f"{self.data_root!r})")
+
     def load_data_list(self) -> list[dict]:
         if not self.pairs:
-            raise FileNotFoundError(f"NiftiSliceDataset found no volumes under {self.data_root!r}")
+            self.check_layout()
         data_list, oblique = [], []
         for image_path, label_path in self.pairs:
             try:

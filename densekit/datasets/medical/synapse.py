@@ -98,6 +98,16 @@ class SynapseDataset(MedicalSliceDataset):
             raise FileNotFoundError(f"Synapse list {list_file} is empty")
         return names
 
+    def check_layout(self) -> None:
+        """Raise ``FileNotFoundError`` naming the TransUNet/Swin-Unet layout when the split's list or its data
+        folder is missing. Cheap (reads one list file), so tools call it on a ``lazy_init`` dataset before
+        building a model."""
+        self._names()
+        folder = self._path(self.data_dir)
+        if not osp.isdir(folder):
+            raise FileNotFoundError(f"Synapse data folder {folder} does not exist; {self.split}.txt names files "
+                                    f"in it ({'caseXXXX.npy.h5' if self.volumes else 'caseXXXX_sliceNNN.npz'})")
+
     def load_data_list(self) -> list[dict]:
         data_list = []
         for name in self._names():
