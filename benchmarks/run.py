@@ -28,6 +28,7 @@ from .convnext import convnext_t_backbone
 from .harness import BenchConfig, SuiteResult
 from .rpn import rpn_r50_fpn
 from .swin import swin_t_backbone
+from .swin_v2 import swinv2_t_backbone
 from .upernet import upernet_convnext_t, upernet_swin_t
 from .volume import swin_unet_volume
 
@@ -35,6 +36,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 SUITES: dict[str, Callable[[BenchConfig], SuiteResult]] = {
     "swin_t_backbone": swin_t_backbone,
+    "swinv2_t_backbone": swinv2_t_backbone,
     "convnext_t_backbone": convnext_t_backbone,
     "upernet_swin_t": upernet_swin_t,
     "upernet_convnext_t": upernet_convnext_t,

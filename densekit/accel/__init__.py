@@ -72,10 +72,11 @@ def clear_caches() -> None:
     """
     fused_linear.clear_packed_weights()
     swin.clear_folded_masks()
+    swin_v2.clear_folded_masks()
 
 
 # The modules that register their subclasses (after ``register`` exists: they import it from here).
-from . import fused_linear, losses, swin, winograd  # noqa: E402
+from . import fused_linear, losses, swin, swin_v2, winograd  # noqa: E402
 
 __all__ = ["SWAPS", "clear_caches", "fused_linear", "is_optimized", "losses", "optimize", "register", "restore",
-           "swin", "winograd"]
+           "swin", "swin_v2", "winograd"]
