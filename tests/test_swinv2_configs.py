@@ -199,10 +199,5 @@ def test_trains_with_a_falling_loss_then_tests_and_infers(case, demo_data, tmp_p
     split = "images/validation" if data == "seg" else "images/val"
     image = sorted((demo_data[data] / split).iterdir())[0]
     inferred = _cli("infer", config, checkpoint, image, "--out-dir", tmp_path / "out")
-    if case == "rpn" and inferred.returncode and "backbone.model." in inferred.stderr:
-        # Known gap outside the configs: init_model's whole-RPN loading takes a Swin V2 backbone for a timm one
-        # (inference/checkpoint.py backbone_family knows only V1's SwinTransformer; convert/detect.py then calls
-        # the checkpoint mmdet's and moves its keys under backbone.model.). `densekit test` loads it fine.
-        pytest.xfail("densekit infer cannot load a whole RPN checkpoint with a Swin V2 backbone yet")
     assert inferred.returncode == 0, inferred.stderr[-3000:]
     assert any((tmp_path / "out").iterdir())

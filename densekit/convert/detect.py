@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from .report import CheckpointError
 from .rules import Tensors, part
 from .simmim import is_simmim
+from .swin_v2 import detect_v2_layout
 
 LAYOUTS = ("official", "timm", "mmseg", "densekit", "simmim")
 SEGMENTOR_LAYOUTS = ("hf", "mmseg", "densekit")
@@ -37,6 +38,19 @@ _FAMILIES = (
 )
 
 
+def is_swin_v2(keys: Iterable[str]) -> bool:
+    """Whether state-dict keys are a Swin V2's (its position-bias MLP ``cpb_mlp`` or ``logit_scale``), in any layout."""
+    return any("cpb_mlp" in key or key.endswith("logit_scale") for key in keys)
+
+
+def _own_backbone(backbone: Tensors) -> bool | None:
+    """Whether a whole model's ``backbone.*`` part is a Swin V2 in densekit's own layout (True) or in another
+    layout (False); None when it is not a Swin V2 at all (V1 and timm backbones are told apart by the callers)."""
+    if not is_swin_v2(backbone):
+        return None
+    return detect_v2_layout(backbone) == "densekit"
+
+
 def detect_layout(state_dict: Tensors) -> str:
     """Which layout an unwrapped Swin state dict is in: ``'official'``, ``'timm'``, ``'mmseg'``, ``'densekit'`` or
     ``'simmim'`` (a SimMIM pretraining file: the encoder is in one of the others, ``convert.simmim``).
@@ -49,7 +63,7 @@ def detect_layout(state_dict: Tensors) -> str:
         CheckpointError: not a Swin V1 state dict in a known layout.
     """
     keys = list(state_dict)
-    if any("cpb_mlp" in key or key.endswith("logit_scale") for key in keys):
+    if is_swin_v2(keys):
         raise CheckpointError("a Swin V2 checkpoint (cpb_mlp / logit_scale keys): this model is Swin V1; load it "
                               "into a V2 model (swinv2_t/s/b/l) instead")
     if is_simmim(keys):
@@ -85,6 +99,9 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
     if any(key.startswith("backbone.downsample_layers.") for key in keys):
         raise CheckpointError("an mmseg/mmpretrain ConvNeXt segmentor (backbone.downsample_layers.*): not a layout "
                               "densekit converts; convert HuggingFace's UperNet-ConvNeXt checkpoint instead")
+    own = _own_backbone(part(state_dict, "backbone."))
+    if own is not None:  # a Swin V2 backbone: densekit's own keys, or an mmseg-style model around another layout
+        return "densekit" if own else "mmseg"
     try:
         return "densekit" if detect_layout(part(state_dict, "backbone.")) == "densekit" else "mmseg"
     except CheckpointError:  # not a Swin: a timm backbone, whose keys are densekit's own
@@ -108,6 +125,9 @@ def detect_detector_layout(state_dict: Tensors) -> str:
         raise CheckpointError(f"{kind} checkpoint: no rpn_head.* (mmdet 2.x, densekit), bbox_head.rpn_* (mmdet 3.x) "
                               f"or rpn.head.* (torchvision) keys; first keys: {keys[:5]}")
     backbone = part(state_dict, "backbone.")
+    own = _own_backbone(backbone)
+    if own is not None:  # a Swin V2 backbone: densekit's own keys, or an mmdet-style model around another layout
+        return "densekit" if own else "mmdet"
     try:  # a Swin: densekit's own layout, or mmdet's (= mmseg's)
         return "densekit" if detect_layout(backbone) == "densekit" else "mmdet"
     except CheckpointError:  # a timm backbone: densekit keeps it under backbone.model

@@ -10,8 +10,9 @@
 
 ``backbone`` says what the target model's backbone is, since the keys alone cannot tell a densekit Swin from
 a timm one: ``'swin'`` (a densekit ``SwinTransformer``: the checkpoint's Swin part goes through ``convert_swin``
-in whatever layout it is) or ``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``). The results are
-not yet checked against the model: that is ``fit`` (with ``fit.whole_model_policy``).
+in whatever layout it is), ``'swinv2'`` (a ``SwinTransformerV2``: ``convert_swin_v2``, any V2 layout) or
+``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``). The results are not yet checked against the
+model: that is ``fit`` (with ``fit.whole_model_policy``).
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ from .report import CheckpointError, LoadReport
 from .rules import BUFFER_RULES, Rule, StateDict, Tensors, apply_rules, part, with_prefix
 from .swin import convert_swin
 from .swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet
+from .swin_v2 import convert_swin_v2, detect_v2_layout
 from .torchvision import torchvision_to_densekit
 
-BACKBONES = ("swin", "timm")
+BACKBONES = ("swin", "swinv2", "timm")
 _HF_EXPLAINED = re.compile(r"^backbone\.(swin\.)?layernorm\.")
 _STAGE_NORM = re.compile(r"^norm(\d+)\.")
 # A segmentor's non-backbone parts: heads keep their names; recomputable or configured tensors go.
@@ -70,6 +72,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
         report.backbone_layout = "densekit"
         _absorb(report, rules, "backbone.")
         return with_prefix(kept, "backbone.")
+    if backbone == "swinv2":
+        return _convert_swin_v2_part(tensors, report)
     try:
         layout = detect_layout(tensors)
     except CheckpointError as error:
@@ -77,11 +81,29 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
             from error
     converted, swin = convert_swin(tensors, layout)
     report.backbone_layout = layout
-    # Forks of official Swin for segmentation (Swin-Transformer-Semantic-Segmentation) add norm0..3.
+    return _with_out_norms(converted, swin, report)
+
+
+def _with_out_norms(converted: StateDict, swin: LoadReport, report: LoadReport) -> StateDict:
+    """A converted Swin backbone part under ``backbone.``, its report absorbed into ``report``. Forks of official
+    Swin for segmentation (Swin-Transformer-Semantic-Segmentation) add per-stage ``norm0..3``: densekit's
+    ``out_norms``."""
     renamed = {key: _STAGE_NORM.sub(r"out_norms.\1.", key) for key in converted}
     swin.renamed += [(old, new) for old, new in renamed.items() if old != new]
     _absorb(report, swin, "backbone.", why_prefix="backbone ")
     return {"backbone." + renamed[key]: value for key, value in converted.items()}
+
+
+def _convert_swin_v2_part(tensors: Tensors, report: LoadReport) -> StateDict:
+    """A whole model's Swin V2 backbone part (``backbone.`` removed), in any V2 layout -> ``backbone.*`` keys."""
+    try:
+        layout = detect_v2_layout(tensors)
+    except CheckpointError as error:
+        raise CheckpointError(f"the config's backbone is a densekit Swin V2, but the checkpoint's is not: {error}") \
+            from error
+    converted, v2 = convert_swin_v2(tensors, layout)
+    report.backbone_layout = layout
+    return _with_out_norms(converted, v2, report)
 
 
 # ----------------------------------------------------------------------------------------- segmentor
@@ -110,7 +132,7 @@ def convert_segmentor(state_dict: Tensors, backbone: str, layout: str | None = N
 
     Args:
         state_dict: the checkpoint's tensors (``io.read_model_checkpoint``).
-        backbone: the target model's backbone, ``'swin'`` or ``'timm'``.
+        backbone: the target model's backbone, ``'swin'``, ``'swinv2'`` or ``'timm'``.
         layout: one of ``SEGMENTOR_LAYOUTS``; None detects it.
 
     Returns:
@@ -135,8 +157,8 @@ def convert_detector(state_dict: Tensors, backbone: str, layout: str | None = No
 
     Args:
         state_dict: the checkpoint's tensors.
-        backbone: the target model's backbone, ``'swin'`` or ``'timm'``; with ``'timm'`` an mmdet backbone's
-            torchvision names move under ``backbone.model.``.
+        backbone: the target model's backbone, ``'swin'``, ``'swinv2'`` or ``'timm'``; with ``'timm'`` an mmdet
+            backbone's torchvision names move under ``backbone.model.``.
         layout: one of ``DETECTOR_LAYOUTS``; None detects it (mmdet 3.x's ``bbox_head.*`` included).
 
     Returns:
@@ -167,7 +189,7 @@ def convert_detector(state_dict: Tensors, backbone: str, layout: str | None = No
 # ------------------------------------------------------------------------------------------ dispatch
 def convert_model(state_dict: Tensors, kind: str, backbone: str) -> tuple[StateDict, LoadReport]:
     """A whole checkpoint's tensors -> the keys of a densekit model of class ``kind`` (e.g. ``'RPN'``,
-    ``'EncoderDecoder'``, ``'SwinUnet'``) whose backbone is ``backbone`` (``'swin'`` or ``'timm'``).
+    ``'EncoderDecoder'``, ``'SwinUnet'``) whose backbone is ``backbone`` (``'swin'``, ``'swinv2'`` or ``'timm'``).
 
     RPNs go through ``convert_detector``; an official Swin-Unet checkpoint through its own key table
     (``convert_swin_unet``); anything else through ``convert_segmentor`` (a densekit Swin-Unet's keys are a
