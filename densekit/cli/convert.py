@@ -3,12 +3,14 @@ Swin-Unet or RPN).
 
 Examples:
     python tools/convert.py swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify
+    python tools/convert.py mae_pretrain_vit_base.pth vit_b_mae.pth --model vit_b --verify
     python tools/convert.py upernet_swin_t.pth swin_t_w12.safetensors --model swin_t --window-size 12
     python tools/convert.py upernet_swin_tiny_ade20k.pth upernet_swin_t.pth --config configs/upernet_swin_t_ade.py
     python tools/convert.py upernet-convnext-tiny/ upernet_convnext_t.pth --config configs/upernet_convnext_t_ade.py
     python tools/convert.py fasterrcnn_resnet50_fpn.pth rpn_r50_tv.pth --config configs/rpn_r50_fpn_1x_coco.py
 
-``--model``: a Swin backbone checkpoint (official, timm, mmseg/mmpretrain or densekit layout).
+``--model``: a Swin backbone checkpoint (official, timm, mmseg/mmpretrain or densekit layout), or a plain ViT
+(``vit_s/b/l`` or a timm ViT name: official MAE, DINO, DINOv2, timm, mmseg ``VisionTransformer``/``MAE``).
 ``--verify`` runs timm's Swin on the source weights and densekit on the written file with the same
 random input and fails (exit 1) if any stage differs by more than 1e-4. When ``--window-size`` or
 ``--in-chans`` change the model, timm is built with the new window / channels and given densekit's
@@ -30,7 +32,7 @@ from mmengine.config import DictAction
 from densekit.cli.common import add_unsafe_load_argument
 from densekit.convert import BIAS_RESIZE, CheckpointError
 from densekit.inference.convert_files import convert_file, convert_segmentor_file
-from densekit.inference.verify import VerifyUnsupported, verify_conversion
+from densekit.inference.verify import VerifyUnsupported, is_vit, verify_conversion, verify_vit_conversion
 
 TOLERANCE = 1e-4
 
@@ -61,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def verify(args: argparse.Namespace) -> int:
     try:
-        diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
+        if is_vit(args.model) and args.in_chans:
+            raise VerifyUnsupported("no timm comparison for a ViT with another in_chans")
+        if is_vit(args.model):
+            diffs = verify_vit_conversion(args.src, args.dst, args.model)
+        else:
+            diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
     except VerifyUnsupported as error:
         print(f"verify skipped: {error}")
         return 0
