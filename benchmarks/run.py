@@ -29,6 +29,7 @@ from .harness import BenchConfig, SuiteResult
 from .rpn import rpn_r50_fpn
 from .swin import swin_t_backbone
 from .upernet import upernet_convnext_t, upernet_swin_t
+from .vit import vit_b_backbone
 from .volume import swin_unet_volume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -40,6 +41,7 @@ SUITES: dict[str, Callable[[BenchConfig], SuiteResult]] = {
     "upernet_convnext_t": upernet_convnext_t,
     "swin_unet_volume": swin_unet_volume,
     "rpn_r50_fpn": rpn_r50_fpn,
+    "vit_b_backbone": vit_b_backbone,
 }
 
 
