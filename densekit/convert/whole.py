@@ -10,8 +10,10 @@
 
 ``backbone`` says what the target model's backbone is, since the keys alone cannot tell a densekit Swin from
 a timm one: ``'swin'`` (a densekit ``SwinTransformer``: the checkpoint's Swin part goes through ``convert_swin``
-in whatever layout it is) or ``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``). The results are
-not yet checked against the model: that is ``fit`` (with ``fit.whole_model_policy``).
+in whatever layout it is), ``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``) or ``'vit'`` (a
+``ViTBackbone``: the ViT part goes through ``convert_vit``, e.g. mmseg's ViT-UPerNet, then under
+``backbone.model.``). The results are not yet checked against the model: that is ``fit`` (with
+``fit.whole_model_policy``).
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from .rules import BUFFER_RULES, Rule, StateDict, Tensors, apply_rules, part, wi
 from .swin import convert_swin
 from .swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet
 from .torchvision import torchvision_to_densekit
+from .vit import convert_vit, detect_vit_layout
 
-BACKBONES = ("swin", "timm")
+BACKBONES = ("swin", "timm", "vit")
 _HF_EXPLAINED = re.compile(r"^backbone\.(swin\.)?layernorm\.")
 _STAGE_NORM = re.compile(r"^norm(\d+)\.")
 # A segmentor's non-backbone parts: heads keep their names; recomputable or configured tensors go.
@@ -65,6 +68,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     tensors = part(state_dict, "backbone.")
+    if backbone == "vit":
+        return _convert_vit_part(tensors, report)
     if backbone == "timm":
         kept, rules = apply_rules(tensors, BUFFER_RULES)
         report.backbone_layout = "densekit"
@@ -82,6 +87,20 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     swin.renamed += [(old, new) for old, new in renamed.items() if old != new]
     _absorb(report, swin, "backbone.", why_prefix="backbone ")
     return {"backbone." + renamed[key]: value for key, value in converted.items()}
+
+
+def _convert_vit_part(tensors: Tensors, report: LoadReport) -> StateDict:
+    """A whole model's ViT part (``backbone.`` removed), any ``convert_vit`` layout -> ``backbone.model.*`` keys."""
+    try:
+        layout = detect_vit_layout(tensors)
+    except CheckpointError as error:
+        raise CheckpointError(f"the config's backbone is a ViT, but the checkpoint's is not: {error}") from error
+    converted, vit = convert_vit(tensors, layout)
+    report.backbone_layout = layout
+    vit.renamed = [(old, "model." + new) for old, new in vit.renamed if old != "model." + new]
+    _absorb(report, vit, "backbone.", why_prefix="backbone ")
+    report.missing += [("backbone.model." + key, why) for key, why in vit.missing]
+    return {"backbone.model." + key: value for key, value in converted.items()}
 
 
 # ----------------------------------------------------------------------------------------- segmentor

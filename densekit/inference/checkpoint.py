@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..backbones.swin import SwinTransformer
+from ..backbones.vit import ViTBackbone
 from ..convert.fit import fit, whole_model_policy
 from ..convert.io import read_whole_checkpoint
 from ..convert.report import CheckpointError, LoadReport
@@ -26,8 +27,12 @@ from ..convert.whole import convert_model
 
 def backbone_family(model: nn.Module) -> str:
     """What ``convert.whole`` needs to know of a model's backbone: ``'swin'`` (densekit's ``SwinTransformer``,
-    which reads any Swin layout) or ``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``)."""
-    return "swin" if isinstance(getattr(model, "backbone", None), SwinTransformer) else "timm"
+    which reads any Swin layout), ``'vit'`` (a ``ViTBackbone``, which reads any ViT layout) or ``'timm'`` (a
+    ``TimmBackbone``, keys under ``backbone.model.``)."""
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, ViTBackbone):
+        return "vit"
+    return "swin" if isinstance(backbone, SwinTransformer) else "timm"
 
 
 def load_model_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping, source: str = "",

@@ -5,12 +5,11 @@ maps are compared with timm's ``forward_intermediates(norm=False)`` on the origi
 """
 from __future__ import annotations
 
-import re
-
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from vit_checkpoints import mmseg_mae, mmseg_vit
 
 from densekit.backbones import create_backbone
 from densekit.backbones.pretrained import load_vit_pretrained
@@ -142,41 +141,6 @@ def test_official_dinov2_with_registers(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- mmseg layouts
-def mmseg_vit(sd: dict) -> dict:
-    """timm ViT keys -> mmseg ``VisionTransformer`` (its tools/model_converters/vit2mmseg.py renames)."""
-    out = {}
-    for key, value in sd.items():
-        key = key.replace("patch_embed.proj.", "patch_embed.projection.")
-        key = re.sub(r"^norm\.", "ln1.", key)
-        key = re.sub(r"^blocks\.", "layers.", key)
-        key = key.replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2.")
-        key = key.replace(".mlp.fc1.", ".ffn.layers.0.0.").replace(".mlp.fc2.", ".ffn.layers.1.")
-        key = key.replace(".attn.qkv.weight", ".attn.attn.in_proj_weight")
-        key = key.replace(".attn.qkv.bias", ".attn.attn.in_proj_bias")
-        key = key.replace(".attn.proj.", ".attn.attn.out_proj.")
-        out[key] = value
-    return out
-
-
-def mmseg_mae(sd: dict, table: torch.Tensor) -> dict:
-    """timm ViT keys (no qkv bias, LayerScale) -> mmseg's BEiT-style ``MAE``: ln1/ln2, attn.qkv (no bias),
-    gamma_1/gamma_2, a relative position bias table per layer (zero-initialised) and its index buffer."""
-    out = {}
-    for key, value in sd.items():
-        key = key.replace("patch_embed.proj.", "patch_embed.projection.")
-        key = re.sub(r"^norm\.", "ln1.", key)
-        key = re.sub(r"^blocks\.", "layers.", key)
-        key = key.replace(".norm1.", ".ln1.").replace(".norm2.", ".ln2.")
-        key = key.replace(".mlp.fc1.", ".ffn.layers.0.0.").replace(".mlp.fc2.", ".ffn.layers.1.")
-        key = key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2")
-        out[key] = value
-        if key.endswith(".attn.proj.weight"):
-            layer = key[: -len("proj.weight")]
-            out[layer + "relative_position_bias_table"] = table.clone()
-            out[layer + "relative_position_index"] = torch.zeros(5, 5, dtype=torch.long)
-    return out
-
-
 def test_mmseg_vision_transformer(tmp_path):
     ref = _random_timm("vit_small_patch16_224")
     path = tmp_path / "vit_mmseg.pth"
@@ -247,3 +211,27 @@ def test_densekit_convert_vit_with_verify(tmp_path, capsys):
     assert "verify OK" in capsys.readouterr().out
     assert convert_main([str(src), str(dst), "--model", "vit_s", "--window-size", "7"]) == 1
     assert "plain ViT" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds the ViT-B UPerNet twice: about a minute on a shared CPU
+def test_mmseg_vit_upernet_whole_checkpoint_converts_with_config(tmp_path, capsys):
+    from densekit.apis import init_model
+    from densekit.engine.config import load_config
+    from densekit.models.builder import build_model
+
+    options = ["model.backbone.img_size=64"]
+    cfg = load_config("upernet_vit_b_mln_ade", {"model.backbone.img_size": 64})
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained=False)
+    ours = model.state_dict()
+    backbone = {k[len("backbone.model."):]: v for k, v in ours.items() if k.startswith("backbone.model.")}
+    mmseg = {"backbone." + k: v for k, v in mmseg_vit(backbone).items()}
+    mmseg.update({k: v for k, v in ours.items() if not k.startswith("backbone.")})
+    src, dst = tmp_path / "upernet_vit_mmseg.pth", tmp_path / "upernet_vit_b.pth"
+    torch.save({"state_dict": mmseg, "meta": {"CLASSES": ["a"] * 150}}, src)
+    assert convert_main([str(src), str(dst), "--config", "upernet_vit_b_mln_ade", "--cfg-options", *options]) == 0
+    assert "backbone" in capsys.readouterr().out
+    loaded = init_model(cfg, str(dst)).state_dict()
+    assert set(loaded) == set(ours)
+    for key, value in ours.items():
+        torch.testing.assert_close(loaded[key], value, atol=0, rtol=0, msg=key)
