@@ -235,3 +235,14 @@ def test_mmseg_vit_upernet_whole_checkpoint_converts_with_config(tmp_path, capsy
     assert set(loaded) == set(ours)
     for key, value in ours.items():
         torch.testing.assert_close(loaded[key], value, atol=0, rtol=0, msg=key)
+
+
+def test_rgb_patch_kernel_adapted_to_one_channel(tmp_path):
+    ref = _random_timm("vit_small_patch16_224")
+    path = tmp_path / "vit_s.pth"
+    torch.save(ref.state_dict(), path)
+    model = create_backbone("vit_s", pretrained=str(path), in_chans=1, out_indices=(3,))
+    report = load_vit_pretrained(model, path, verbose=False)
+    assert ("model.patch_embed.proj.weight", (384, 3, 16, 16), (384, 1, 16, 16)) in report.resized
+    torch.testing.assert_close(model.model.patch_embed.proj.weight,
+                               ref.patch_embed.proj.weight.sum(dim=1, keepdim=True))
