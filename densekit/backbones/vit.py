@@ -20,6 +20,7 @@ from torch import nn
 
 from ..registry import register_backbone
 from .base import Backbone, local_checkpoint, output_size
+from .pretrained import load_vit_pretrained
 
 # densekit presets -> timm ViTs (mmseg's ViT-S/B/L with patch 16).
 VIT_PRESETS = {"vit_s": "vit_small_patch16_224", "vit_b": "vit_base_patch16_224", "vit_l": "vit_large_patch16_224"}
@@ -96,8 +97,6 @@ class ViTBackbone(Backbone):
         self.out_channels = [model.embed_dim] * len(self.out_indices)
         self.strides = [self.patch_size[0]] * len(self.out_indices)
         if pretrained is not None:
-            from .pretrained import load_vit_pretrained
-
             load_vit_pretrained(self, pretrained)
         self.freeze()
 
