@@ -30,6 +30,7 @@ from .rpn import rpn_r50_fpn
 from .swin import swin_t_backbone
 from .swin_v2 import swinv2_t_backbone
 from .upernet import upernet_convnext_t, upernet_swin_t
+from .vit import vit_b_backbone
 from .volume import swin_unet_volume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -42,6 +43,7 @@ SUITES: dict[str, Callable[[BenchConfig], SuiteResult]] = {
     "upernet_convnext_t": upernet_convnext_t,
     "swin_unet_volume": swin_unet_volume,
     "rpn_r50_fpn": rpn_r50_fpn,
+    "vit_b_backbone": vit_b_backbone,
 }
 
 

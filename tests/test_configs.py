@@ -13,7 +13,7 @@ from densekit.registry import MODELS
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 # Recipes that reproduce an mmseg model-zoo entry say so and quote its published result.
 MMSEG_RECIPES = {"upernet_swin_t_ade", "upernet_swin_s_ade", "upernet_swin_b_ade", "upernet_convnext_t_ade",
-                 "upernet_r50_ade"}
+                 "upernet_r50_ade", "upernet_vit_b_mln_ade", "upernet_mae_vit_b_ade"}
 
 
 def _level_channels(model) -> list[int]:

@@ -24,6 +24,7 @@ from ..convert.detect import detect_layout, detect_swin_unet_layout
 from ..convert.fit import (
     BACKBONE_POLICY,
     SWIN_UNET_IMAGENET_POLICY,
+    Allowance,
     FitPolicy,
     fit,
     swin_unet_policy,
@@ -36,6 +37,7 @@ from ..convert.swin import convert_swin
 from ..convert.swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet, imagenet_to_swin_unet
 from ..convert.swin_v2 import convert_swin_v2, detect_v2_layout
 from ..convert.v2_windows import windows_from_meta, windows_from_name
+from ..convert.vit import convert_vit, detect_vit_layout
 
 
 def _fit_and_load(model: nn.Module, converted: StateDict, report: LoadReport, policy: FitPolicy, source: str,
@@ -189,6 +191,48 @@ def load_pretrained_v2(model: nn.Module, checkpoint: str | os.PathLike | Mapping
     return report
 
 
+# ------------------------------------------------------------------------------------------------- ViT
+def vit_policy(depth: int) -> FitPolicy:
+    """``BACKBONE_POLICY`` for a ``ViTBackbone`` that keeps ``depth`` blocks: the blocks after its last returned one
+    and a final norm it does not apply were pruned, so their checkpoint tensors are dropped (reported)."""
+    return FitPolicy(
+        may_drop=(Allowance(r"^model\.norm\.", "final norm, not applied (final_norm=False or last block not returned)"),
+                  Allowance(rf"^model\.blocks\.(?!({'|'.join(map(str, range(depth)))})\.)\d+\.",
+                            "a block after the last returned one: never run")),
+        may_miss=BACKBONE_POLICY.may_miss,
+    )
+
+
+def load_vit_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
+                        progress: bool = True, source: str = "") -> LoadReport:
+    """Load a ViT checkpoint (official MAE, DINO, DINOv2, timm, mmseg ``VisionTransformer`` / ``MAE``, densekit)
+    into a densekit ``ViTBackbone``; its position embedding is resized to the model's ``img_size`` grid as MAE and
+    mmseg do (``convert.resize.resize_vit_pos_embed``).
+
+    Raises:
+        CheckpointError: unknown layout, unexpected keys or shapes that cannot be resized, named.
+    """
+    obj, path = _read(checkpoint)
+    source = path or source
+    try:
+        state_dict = unwrap(obj)
+        converted, report = convert_vit(state_dict, detect_vit_layout(state_dict), progress=progress)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    converted = {"model." + key: value for key, value in converted.items()}
+    # Every key moves under model.: record the source name of each (fit names checkpoint keys in its messages).
+    origin = {"model." + new: old for old, new in report.renamed}
+    report.renamed = [(origin.get(key, key[len("model."):]), key) for key in converted]
+    report.renamed = [(old, new) for old, new in report.renamed if old != new]
+    report.missing = [("model." + key, why) for key, why in report.missing]
+    report.kind = "backbone"
+    _fit_and_load(model, converted, report, vit_policy(len(model.model.blocks)), source, "bicubic",
+                  model.pretrain_grid, progress)
+    if verbose:
+        _log(report)
+    return report
+
+
 # ------------------------------------------------------------------------------------------- Swin-Unet
 def _pos_grid(model: nn.Module) -> tuple[int, int] | None:
     # A Swin V2 encoder has no absolute position embedding, hence no grid.
@@ -284,5 +328,5 @@ def load_swin_unet_pretrained(model: nn.Module, path: str | os.PathLike | Mappin
     return report
 
 
-__all__ = ["load_imagenet_swin", "load_pretrained", "load_pretrained_v2", "load_state_dict_from",
+__all__ = ["load_imagenet_swin", "load_pretrained", "load_pretrained_v2", "load_state_dict_from", "load_vit_pretrained",
            "load_swin_unet_checkpoint", "load_swin_unet_pretrained"]

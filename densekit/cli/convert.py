@@ -3,6 +3,7 @@ Swin-Unet or RPN).
 
 Examples:
     python tools/convert.py swin_tiny_patch4_window7_224.pth swin_t.pth --model swin_t --verify
+    python tools/convert.py mae_pretrain_vit_base.pth vit_b_mae.pth --model vit_b --verify
     python tools/convert.py upernet_swin_t.pth swin_t_w12.safetensors --model swin_t --window-size 12
     python tools/convert.py swinv2_tiny_patch4_window8_256.pth v2_t.pth --model swinv2_t --window-size 16 --verify
     python tools/convert.py upernet_swin_tiny_ade20k.pth upernet_swin_t.pth --config configs/upernet_swin_t_ade.py
@@ -11,7 +12,8 @@ Examples:
 
 ``--model``: a Swin backbone checkpoint (official, timm, mmseg/mmpretrain, SimMIM or densekit layout); for
 ``swinv2_*`` official, timm, HF, mmpretrain, SimMIM or densekit V2 files, run at ``--window-size`` with the
-pretrained windows the source's name or meta says (written to the new file's meta).
+pretrained windows the source's name or meta says (written to the new file's meta); a plain ViT (``vit_s/b/l`` or a
+timm ViT name: official MAE, DINO, DINOv2, timm, mmseg ``VisionTransformer``/``MAE``).
 ``--verify`` runs timm's Swin on the source weights and densekit on the written file with the same
 random input and fails (exit 1) if any stage differs by more than 1e-4. When ``--window-size`` or
 ``--in-chans`` change the model, timm is built with the new window / channels and given densekit's
@@ -34,7 +36,7 @@ from mmengine.config import DictAction
 from densekit.cli.common import add_unsafe_load_argument
 from densekit.convert import BIAS_RESIZE, CheckpointError
 from densekit.inference.convert_files import convert_file, convert_segmentor_file
-from densekit.inference.verify import VerifyUnsupported, verify_conversion
+from densekit.inference.verify import VerifyUnsupported, is_vit, verify_conversion, verify_vit_conversion
 
 TOLERANCE = 1e-4
 
@@ -65,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def verify(args: argparse.Namespace) -> int:
     try:
-        diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
+        if is_vit(args.model) and args.in_chans:
+            raise VerifyUnsupported("no timm comparison for a ViT with another in_chans")
+        if is_vit(args.model):
+            diffs = verify_vit_conversion(args.src, args.dst, args.model)
+        else:
+            diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
     except VerifyUnsupported as error:
         print(f"verify skipped: {error}")
         return 0

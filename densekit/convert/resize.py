@@ -3,6 +3,8 @@
     relative_position_bias_table   ((2W1-1)^2, nH) -> ((2W2-1)^2, nH): bicubic (official Swin) or geometric (timm)
     absolute_pos_embed             (1, N1, C) -> (1, H*W, C): bicubic on the model's pretraining grid
     patch_embed.proj.weight        (C, 3, p, p) -> (C, in_chans, p, p): timm's adapt_input_conv
+    pos_embed (ViT)                (1, P + N1, C) -> (1, P + H*W, C): the patch part bicubic on its grid, no antialias,
+                                   the P class/register slots kept (MAE interpolate_pos_embed, mmseg resize_pos_embed)
 
 Anything else of another shape does not fit: ``resize_tensor`` returns None and the caller decides.
 """
@@ -20,7 +22,9 @@ from .report import CheckpointError
 BIAS_RESIZE = ("bicubic", "geometric")
 # A Swin backbone's own keys, alone or under a whole model's ``backbone.``.
 _POS_EMBED = re.compile(r"^(backbone\.)?absolute_pos_embed$")
-_PATCH_KERNEL = re.compile(r"^(backbone\.)?patch_embed\.proj\.weight$")
+_PATCH_KERNEL = re.compile(r"^(backbone\.)?(model\.)?patch_embed\.proj\.weight$")
+# A densekit ViTBackbone's (timm's ViT under ``model.``), alone or under ``backbone.``.
+_VIT_POS_EMBED = re.compile(r"^(backbone\.)?model\.pos_embed$")
 
 
 def check_bias_resize(method: str) -> str:
@@ -51,6 +55,35 @@ def _pos_embed(key: str, value: torch.Tensor, shape: tuple[int, ...],
         raise CheckpointError(f"{key}: {error}") from error
 
 
+def resize_vit_pos_embed(embed: torch.Tensor, grid: tuple[int, int], length: int) -> torch.Tensor:
+    """A ViT position embedding ``(1, P + S*S, C)`` -> ``(1, length, C)`` for a ``grid = (H, W)`` patch grid.
+
+    ``P = length - H*W`` leading slots (class token; none for timm's ``no_embed_class`` models) are kept as they
+    are; the ``S x S`` patch part is resized bicubically (align_corners=False, no antialias), exactly MAE's
+    ``interpolate_pos_embed`` and mmseg's ``resize_pos_embed``. timm's ``resample_abs_pos_embed`` antialiases
+    when shrinking, so it is not used here.
+
+    Raises:
+        ValueError: the patch part of ``embed`` is not a square grid.
+    """
+    prefix = length - grid[0] * grid[1]
+    if prefix < 0 or embed.shape[1] <= prefix:
+        raise ValueError(f"pos_embed of {embed.shape[1]} positions does not fit a {grid} grid with {length} slots")
+    patches = resize_abs_pos_embed(embed[:, prefix:], grid)  # raises on a non-square source grid
+    return torch.cat([embed[:, :prefix], patches], dim=1)
+
+
+def _vit_pos_embed(key: str, value: torch.Tensor, shape: tuple[int, ...],
+                   grid: tuple[int, int] | None) -> torch.Tensor | None:
+    if value.dim() != 3 or len(shape) != 3 or value.shape[2] != shape[2]:
+        return None
+    grid = tuple(grid) if grid is not None else (math.isqrt(shape[1]),) * 2
+    try:
+        return resize_vit_pos_embed(value, grid, shape[1])
+    except ValueError as error:
+        raise CheckpointError(f"{key}: {error}") from error
+
+
 def resize_tensor(key: str, value: torch.Tensor, shape: tuple[int, ...], bias_resize: str = "bicubic",
                   pos_grid: tuple[int, int] | None = None) -> torch.Tensor | None:
     """``value`` fitted to the model's ``shape``, or None where densekit does not know how.
@@ -61,7 +94,8 @@ def resize_tensor(key: str, value: torch.Tensor, shape: tuple[int, ...], bias_re
         value: the checkpoint tensor.
         shape: the model tensor's shape.
         bias_resize: ``'bicubic'`` or ``'geometric'`` for bias tables (``BIAS_RESIZE``).
-        pos_grid: the model's ``(H, W)`` patch grid for ``absolute_pos_embed`` (``pretrain_grid``); None: square.
+        pos_grid: the model's ``(H, W)`` patch grid for ``absolute_pos_embed`` or a ViT's ``pos_embed``
+            (``pretrain_grid``); None: square.
 
     Returns:
         A tensor of exactly ``shape``, or None.
@@ -76,6 +110,8 @@ def resize_tensor(key: str, value: torch.Tensor, shape: tuple[int, ...], bias_re
         new = _bias_table(key, value, shape, bias_resize)
     elif _POS_EMBED.match(key):
         new = _pos_embed(key, value, shape, pos_grid)
+    elif _VIT_POS_EMBED.match(key):
+        new = _vit_pos_embed(key, value, shape, pos_grid)
     elif _PATCH_KERNEL.match(key) and value.dim() == 4 and value.shape[0] == shape[0] and value.shape[2:] == shape[2:]:
         new = adapt_input_conv(shape[1], value)
     return new if new is not None and tuple(new.shape) == shape else None

@@ -10,9 +10,10 @@
 
 ``backbone`` says what the target model's backbone is, since the keys alone cannot tell a densekit Swin from
 a timm one: ``'swin'`` (a densekit ``SwinTransformer``: the checkpoint's Swin part goes through ``convert_swin``
-in whatever layout it is), ``'swinv2'`` (a ``SwinTransformerV2``: ``convert_swin_v2``, any V2 layout) or
-``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``). The results are not yet checked against the
-model: that is ``fit`` (with ``fit.whole_model_policy``).
+in whatever layout it is), ``'swinv2'`` (a ``SwinTransformerV2``: ``convert_swin_v2``, any V2 layout),
+``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``) or ``'vit'`` (a ``ViTBackbone``: the ViT part
+goes through ``convert_vit``, e.g. mmseg's ViT-UPerNet, then under ``backbone.model.``). The results are not
+yet checked against the model: that is ``fit`` (with ``fit.whole_model_policy``).
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ from .swin import convert_swin
 from .swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet
 from .swin_v2 import convert_swin_v2, detect_v2_layout
 from .torchvision import torchvision_to_densekit
+from .vit import convert_vit, detect_vit_layout
 
-BACKBONES = ("swin", "swinv2", "timm")
+BACKBONES = ("swin", "swinv2", "timm", "vit")
 _HF_EXPLAINED = re.compile(r"^backbone\.(swin\.)?layernorm\.")
 _STAGE_NORM = re.compile(r"^norm(\d+)\.")
 # A segmentor's non-backbone parts: heads keep their names; recomputable or configured tensors go.
@@ -67,6 +69,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     tensors = part(state_dict, "backbone.")
+    if backbone == "vit":
+        return _convert_vit_part(tensors, report)
     if backbone == "timm":
         kept, rules = apply_rules(tensors, BUFFER_RULES)
         report.backbone_layout = "densekit"
@@ -106,6 +110,20 @@ def _convert_swin_v2_part(tensors: Tensors, report: LoadReport) -> StateDict:
     return _with_out_norms(converted, v2, report)
 
 
+def _convert_vit_part(tensors: Tensors, report: LoadReport) -> StateDict:
+    """A whole model's ViT part (``backbone.`` removed), any ``convert_vit`` layout -> ``backbone.model.*`` keys."""
+    try:
+        layout = detect_vit_layout(tensors)
+    except CheckpointError as error:
+        raise CheckpointError(f"the config's backbone is a ViT, but the checkpoint's is not: {error}") from error
+    converted, vit = convert_vit(tensors, layout)
+    report.backbone_layout = layout
+    vit.renamed = [(old, "model." + new) for old, new in vit.renamed if old != "model." + new]
+    _absorb(report, vit, "backbone.", why_prefix="backbone ")
+    report.missing += [("backbone.model." + key, why) for key, why in vit.missing]
+    return {"backbone.model." + key: value for key, value in converted.items()}
+
+
 # ----------------------------------------------------------------------------------------- segmentor
 def _renamed_by_identity(source: Tensors, converted: Tensors) -> list[tuple[str, str]]:
     """``(source key, new key)`` for tensors that kept their identity under a new name (HF's table works on
@@ -132,7 +150,7 @@ def convert_segmentor(state_dict: Tensors, backbone: str, layout: str | None = N
 
     Args:
         state_dict: the checkpoint's tensors (``io.read_model_checkpoint``).
-        backbone: the target model's backbone, ``'swin'``, ``'swinv2'`` or ``'timm'``.
+        backbone: the target model's backbone (``BACKBONES``).
         layout: one of ``SEGMENTOR_LAYOUTS``; None detects it.
 
     Returns:
@@ -157,7 +175,7 @@ def convert_detector(state_dict: Tensors, backbone: str, layout: str | None = No
 
     Args:
         state_dict: the checkpoint's tensors.
-        backbone: the target model's backbone, ``'swin'``, ``'swinv2'`` or ``'timm'``; with ``'timm'`` an mmdet
+        backbone: the target model's backbone (``BACKBONES``); with ``'timm'`` an mmdet
             backbone's torchvision names move under ``backbone.model.``.
         layout: one of ``DETECTOR_LAYOUTS``; None detects it (mmdet 3.x's ``bbox_head.*`` included).
 
@@ -189,7 +207,7 @@ def convert_detector(state_dict: Tensors, backbone: str, layout: str | None = No
 # ------------------------------------------------------------------------------------------ dispatch
 def convert_model(state_dict: Tensors, kind: str, backbone: str) -> tuple[StateDict, LoadReport]:
     """A whole checkpoint's tensors -> the keys of a densekit model of class ``kind`` (e.g. ``'RPN'``,
-    ``'EncoderDecoder'``, ``'SwinUnet'``) whose backbone is ``backbone`` (``'swin'``, ``'swinv2'`` or ``'timm'``).
+    ``'EncoderDecoder'``, ``'SwinUnet'``) whose backbone is ``backbone`` (one of ``BACKBONES``).
 
     RPNs go through ``convert_detector``; an official Swin-Unet checkpoint through its own key table
     (``convert_swin_unet``); anything else through ``convert_segmentor`` (a densekit Swin-Unet's keys are a

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..backbones.swin import SwinTransformer
 from ..backbones.swin_v2 import SwinTransformerV2
+from ..backbones.vit import ViTBackbone
 from ..convert.fit import fit, whole_model_policy
 from ..convert.io import read_whole_checkpoint
 from ..convert.report import CheckpointError, LoadReport
@@ -27,11 +28,13 @@ from ..convert.whole import convert_model
 
 def backbone_family(model: nn.Module) -> str:
     """What ``convert.whole`` needs to know of a model's backbone: ``'swin'`` (densekit's ``SwinTransformer``,
-    which reads any Swin layout), ``'swinv2'`` (``SwinTransformerV2``, any V2 layout) or ``'timm'`` (a
-    ``TimmBackbone``, keys under ``backbone.model.``)."""
+    which reads any Swin layout), ``'swinv2'`` (``SwinTransformerV2``, any V2 layout), ``'vit'`` (a
+    ``ViTBackbone``, which reads any ViT layout) or ``'timm'`` (a ``TimmBackbone``, keys under ``backbone.model.``)."""
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, SwinTransformerV2):
         return "swinv2"
+    if isinstance(backbone, ViTBackbone):
+        return "vit"
     return "swin" if isinstance(backbone, SwinTransformer) else "timm"
 
 

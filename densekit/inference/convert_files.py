@@ -17,7 +17,8 @@ from mmengine.config import Config
 
 from .. import __version__
 from ..backbones import create_backbone
-from ..backbones.pretrained import load_pretrained_v2, load_state_dict_from
+from ..backbones.pretrained import load_pretrained_v2, load_state_dict_from, load_vit_pretrained
+from ..backbones.vit import VIT_PRESETS, ViTBackbone, is_timm_vit
 from ..convert.io import read_checkpoint, read_model_checkpoint
 from ..convert.report import LoadReport
 from ..engine.config import load_config
@@ -41,6 +42,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
     A Swin V2 model (``swinv2_*``) takes official, timm, HF, mmpretrain, SimMIM or densekit V2 files; its weights do
     not depend on the window. The pretrained windows the load took (from the source's name or meta) are written to
     the meta (``pretrained_window_size``), so the new file runs at ``window_size`` as the source was trained.
+    A ViT (``vit_s/b/l`` or a timm ViT name) takes official MAE, DINO, DINOv2, timm, mmseg or densekit files.
 
     ``dst`` ending in ``.safetensors`` gets the state dict with string metadata; anything else an
     mmengine-style ``{'meta': {...}, 'state_dict': ...}`` written with ``torch.save``.
@@ -50,9 +52,13 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, model_name: str
     """
     checkpoint = read_checkpoint(src, unsafe_load)  # a bad file fails before a model is built
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
+    if window_size is not None and is_timm_vit(VIT_PRESETS.get(model_name, model_name)):
+        raise ValueError(f"--window-size: {model_name} is a plain ViT (global attention, no window)")
     model = create_backbone(model_name, **options)
     if hasattr(model, "pretrained_window_size"):  # Swin V2: keys only, nothing depends on the window
         report = load_pretrained_v2(model, checkpoint, verbose=False, source=str(src))
+    elif isinstance(model, ViTBackbone):  # MAE, DINO, DINOv2, timm, mmseg: position embedding resized to img_size
+        report = load_vit_pretrained(model, checkpoint, verbose=False, source=str(src))
     else:
         report = load_state_dict_from(model, checkpoint, str(src), bias_resize, verbose=False)
     meta = {

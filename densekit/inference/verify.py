@@ -1,4 +1,8 @@
-"""Check a converted densekit Swin (V1 or V2) against timm's Swin run on the same source weights and input.
+"""Check a converted densekit Swin (V1 or V2) or ViT against timm's run on the same source weights and input.
+
+A ViT (``verify_vit_conversion``) is compared with timm's ``VisionTransformer`` given the source file through
+timm's own ``checkpoint_filter_fn`` (official MAE, DINO, DINOv2 and timm files); mmseg files are converted by
+densekit first (timm reads no mmseg layout), so for them the check covers the model, not the key table.
 
 The reference is built from the SOURCE checkpoint, independently of densekit's converters where
 possible: official and timm files go through timm's own ``checkpoint_filter_fn``; mmseg and densekit
@@ -27,6 +31,7 @@ from timm.models.swin_transformer_v2 import checkpoint_filter_fn as v2_checkpoin
 from torch import nn
 
 from ..backbones import create_backbone
+from ..backbones.vit import VIT_PRESETS, is_timm_vit
 from ..convert.detect import detect_layout
 from ..convert.io import read_checkpoint, unwrap
 from ..convert.official_swin import densekit_to_official
@@ -34,6 +39,7 @@ from ..convert.report import CheckpointError
 from ..convert.rules import StateDict
 from ..convert.swin import convert_swin
 from ..convert.swin_v2 import convert_swin_v2, detect_v2_layout
+from ..convert.vit import convert_vit, detect_vit_layout
 from ..layers.rel_pos_bias import table_window
 
 # (embed_dim, depths) of densekit's presets -> timm's size names.
@@ -158,3 +164,38 @@ def verify_conversion(
         expected = ref.forward_intermediates(x, indices=list(ours.out_indices), norm=False, intermediates_only=True)
         got = ours(x)
     return [float((a - b).abs().max()) for a, b in zip(expected, got)]
+
+
+_NOT_VIT = re.compile(r"^(head|fc_norm|decoder_|decoder\.)")
+
+
+def verify_vit_conversion(src: str | os.PathLike, dst: str | os.PathLike, model_name: str,
+                          seed: int = 0) -> list[float]:
+    """Largest absolute difference per returned block between densekit's ViT (loaded from ``dst``) and timm's
+    ``forward_intermediates(norm=False)`` (loaded from ``src``) on one random image at the model's ``img_size``.
+
+    Raises:
+        CheckpointError: timm could not take the reference weights.
+    """
+    ours = create_backbone(model_name, pretrained=str(dst)).eval()
+    timm_name = VIT_PRESETS.get(model_name, model_name)
+    ref = timm.create_model(timm_name, pretrained=False, num_classes=0).eval()
+    state_dict = unwrap(read_checkpoint(src))
+    if detect_vit_layout(state_dict) in ("mmseg", "mmseg_mae", "densekit"):
+        state_dict = convert_vit(state_dict, detect_vit_layout(state_dict))[0]
+    state_dict = {k: v for k, v in state_dict.items() if not _NOT_VIT.match(k)}
+    weights = timm.models.vision_transformer.checkpoint_filter_fn(state_dict, ref)
+    missing, unexpected = ref.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - {"norm.weight", "norm.bias"}:
+        raise CheckpointError(f"timm reference did not take the weights: missing {missing}, unexpected {unexpected}")
+    side = ref.patch_embed.img_size
+    x = torch.randn(1, ref.patch_embed.proj.in_channels, *side, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = ref.forward_intermediates(x, indices=list(ours.out_indices), norm=False, intermediates_only=True)
+        got = ours(x)
+    return [float((a - b).abs().max()) for a, b in zip(expected, got)]
+
+
+def is_vit(model_name: str) -> bool:
+    """Whether ``densekit convert --model`` names a plain ViT (``vit_b`` or a timm ViT)."""
+    return is_timm_vit(VIT_PRESETS.get(model_name, model_name))
