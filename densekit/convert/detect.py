@@ -74,7 +74,7 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
     backbone is not in densekit's layout) or ``'densekit'``; the backbone part decides between the last two.
 
     Raises:
-        CheckpointError: no ``decode_head`` (a backbone-only checkpoint), or an mmseg ConvNeXt.
+        CheckpointError: no ``decode_head`` (a backbone-only checkpoint).
     """
     keys = list(state_dict)
     if not any(key.startswith("decode_head.") for key in keys):
@@ -83,8 +83,7 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
     if any(_HF_KEY.search(key) for key in keys):
         return "hf"
     if any(key.startswith("backbone.downsample_layers.") for key in keys):
-        raise CheckpointError("an mmseg/mmpretrain ConvNeXt segmentor (backbone.downsample_layers.*): not a layout "
-                              "densekit converts; convert HuggingFace's UperNet-ConvNeXt checkpoint instead")
+        return "mmseg"  # an mmseg ConvNeXt UPerNet (mmpretrain's ConvNeXt: convert.convnext)
     try:
         return "densekit" if detect_layout(part(state_dict, "backbone.")) == "densekit" else "mmseg"
     except CheckpointError:  # not a Swin: a timm backbone, whose keys are densekit's own

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+from .convnext import is_mmpretrain_convnext, mmpretrain_convnext_to_timm
 from .detect import (
     DETECTOR_LAYOUTS,
     SEGMENTOR_LAYOUTS,
@@ -56,7 +57,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
 
     Args:
         state_dict: the whole model's tensors; only ``backbone.*`` is read.
-        backbone: ``'swin'`` (any Swin layout, ``convert_swin``) or ``'timm'`` (keys kept, buffers dropped).
+        backbone: ``'swin'`` (any Swin layout, ``convert_swin``) or ``'timm'`` (keys kept, buffers dropped; an
+            mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets, through ``convnext.mmpretrain_convnext_to_timm``).
         report: gains ``backbone_layout`` and the backbone's renames, permutations and drops.
 
     Raises:
@@ -65,6 +67,11 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     tensors = part(state_dict, "backbone.")
+    if backbone == "timm" and is_mmpretrain_convnext(list(tensors)):
+        converted, convnext = mmpretrain_convnext_to_timm(tensors)
+        report.backbone_layout = convnext.layout
+        _absorb(report, convnext, "backbone.")
+        return with_prefix(converted, "backbone.")
     if backbone == "timm":
         kept, rules = apply_rules(tensors, BUFFER_RULES)
         report.backbone_layout = "densekit"
