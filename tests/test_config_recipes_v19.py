@@ -28,7 +28,7 @@ CROP = (128, 256)
 
 pytestmark = pytest.mark.filterwarnings("ignore:norm='SyncBN' outside distributed training")
 needs_sample = pytest.mark.skipif(not (DATA / "images").is_dir(), reason=f"Cityscapes sample not found under {DATA}")
-RECIPES = ["lraspp_mobilenetv3_large_cityscapes"]
+RECIPES = ["lraspp_mobilenetv3_large_cityscapes", "upernet_twins_svt_s_ade"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -41,7 +41,7 @@ def test_recipe_builds_and_steps(name):
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     x = torch.randint(0, 256, (3, *CROP), dtype=torch.uint8)
     sample = SegDataSample()
-    sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, *CROP)))
+    sample.gt_sem_seg = PixelData(data=torch.randint(0, cfg.model.decode_head.num_classes, (1, *CROP)))
     data = dict(inputs=[x, x.flip(-1)], data_samples=[sample, sample])
     for _ in range(2):
         losses = model.train_step(data, wrapper)
