@@ -82,6 +82,15 @@ def test_vit_b_layer_decay_parameter_by_parameter():
     assert got["decode_head.0.weight"] == (pytest.approx(BASE_LR), BASE_WD)
 
 
+def test_vit_layer_wise_through_the_general_constructor():
+    # mmseg: LearningRateDecayOptimizerConstructor with decay_type='layer_wise' on a ViT uses the ViT rule.
+    model = _Segmentor(_TimmViT(), 768)
+    got = _groups(model, dict(num_layers=12, decay_rate=0.65, decay_type="layer_wise"),
+                  "LearningRateDecayOptimizerConstructor")
+    for name, _ in model.named_parameters():
+        assert got[name][0] == pytest.approx(BASE_LR * 0.65 ** (12 + 2 - _vit_layer(name) - 1), rel=1e-12), name
+
+
 def _convnext_stage(name: str) -> int:
     """mmseg get_stage_id_for_convnext(name, 6 + 2) over densekit's TimmBackbone names."""
     if name.startswith("backbone.model.stem") or re.match(r"backbone\.model\.stages\.\d\.downsample", name):
