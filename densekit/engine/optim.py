@@ -132,7 +132,17 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     rules replace DefaultOptimWrapperConstructor's multipliers rather than combine with them."""
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
-        paramwise_cfg = dict(paramwise_cfg or {})
+        paramwise_cfg = LearningRateDecayOptimizerConstructor.check_paramwise_cfg(dict(paramwise_cfg or {}))
+        # The parent validates its own paramwise keys (ours are not among them), so it gets none; setting
+        # paramwise_cfg afterwards makes its __call__ go through add_params.
+        super().__init__(optim_wrapper_cfg, None)
+        self.paramwise_cfg = self.decay_cfg = paramwise_cfg
+
+    @staticmethod
+    def check_paramwise_cfg(paramwise_cfg: dict) -> dict:
+        """``paramwise_cfg`` with ``decay_type`` defaulted; ValueError naming any key or value it cannot honour
+        (the config check calls this before a run)."""
+        paramwise_cfg = dict(paramwise_cfg)
         unknown = sorted(set(paramwise_cfg) - set(_KEYS))
         if unknown:
             raise ValueError(f"LearningRateDecayOptimizerConstructor: paramwise_cfg keys {unknown} are not read "
@@ -144,10 +154,7 @@ class LearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         if decay_type not in _DECAY_TYPES:
             raise ValueError(f"LearningRateDecayOptimizerConstructor: decay_type {decay_type!r} is not one of "
                              f"{list(_DECAY_TYPES)}")
-        # The parent validates its own paramwise keys (ours are not among them), so it gets none; setting
-        # paramwise_cfg afterwards makes its __call__ go through add_params.
-        super().__init__(optim_wrapper_cfg, None)
-        self.paramwise_cfg = self.decay_cfg = paramwise_cfg
+        return paramwise_cfg
 
     def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
         """Append one group per (layer id, decay / no decay) to ``params``, as mmseg does: 1-D parameters and
@@ -182,7 +189,13 @@ class LayerDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
     ``LearningRateDecayOptimizerConstructor`` with ``decay_type='layer_wise_vit'`` and ``decay_rate``."""
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
-        paramwise_cfg = dict(paramwise_cfg or {})
+        super().__init__(optim_wrapper_cfg, self.check_paramwise_cfg(dict(paramwise_cfg or {})))
+
+    @staticmethod
+    def check_paramwise_cfg(paramwise_cfg: dict) -> dict:
+        """The general constructor's ``paramwise_cfg`` for this one's (``layer_decay_rate`` -> ``decay_rate``,
+        ``decay_type='layer_wise_vit'`` as mmseg overrides whatever was given); ValueError naming a bad key."""
+        paramwise_cfg = dict(paramwise_cfg)
         unknown = sorted(set(paramwise_cfg) - {"num_layers", "layer_decay_rate", "decay_type"})
         if unknown:
             raise ValueError(f"LayerDecayOptimizerConstructor: paramwise_cfg keys {unknown} are not read "
@@ -190,5 +203,5 @@ class LayerDecayOptimizerConstructor(LearningRateDecayOptimizerConstructor):
         if "layer_decay_rate" not in paramwise_cfg:
             raise ValueError("LayerDecayOptimizerConstructor: paramwise_cfg needs 'layer_decay_rate'")
         paramwise_cfg["decay_rate"] = paramwise_cfg.pop("layer_decay_rate")
-        paramwise_cfg["decay_type"] = "layer_wise_vit"  # mmseg overrides whatever was given
-        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        paramwise_cfg["decay_type"] = "layer_wise_vit"
+        return LearningRateDecayOptimizerConstructor.check_paramwise_cfg(paramwise_cfg)

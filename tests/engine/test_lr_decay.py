@@ -194,3 +194,15 @@ def test_convnext_config_builds_mmsegs_lr_decay():
     assert lr["backbone.model.stem.0.weight"] == pytest.approx(1e-4 * 0.9 ** 7)
     assert lr["backbone.model.stages.2.blocks.0.mlp.fc1.weight"] == pytest.approx(1e-4 * 0.9 ** 4)
     assert lr["decode_head.conv_seg.weight"] == pytest.approx(1e-4)
+
+
+def test_config_check_refuses_bad_paramwise_keys_by_name():
+    from densekit.engine.config_check import ConfigError, check_config
+
+    for constructor, paramwise in (("LearningRateDecayOptimizerConstructor", dict(decay_rate=0.9, num_layers=6,
+                                                                                   custom_keys={})),
+                                   ("LayerDecayOptimizerConstructor", dict(num_layers=12, decay_rate=0.65))):
+        cfg = dict(optim_wrapper=dict(type="OptimWrapper", constructor=constructor, paramwise_cfg=paramwise,
+                                      optimizer=dict(type="AdamW", lr=1e-4)))
+        with pytest.raises(ConfigError, match=r"optim_wrapper\.paramwise_cfg.*(custom_keys|decay_rate)"):
+            check_config(cfg)
