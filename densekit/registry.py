@@ -29,11 +29,13 @@ HOOKS = Registry("hook", parent=MMENGINE_HOOKS, locations=["densekit.engine.hook
 # schedulers, visualizer, ... under ``default_scope='densekit'`` finds mmengine's classes through the
 # parent without a "Failed to search registry with scope 'densekit'" warning per component.
 _MMENGINE_ONLY = {}
+_OWN_LOCATIONS = {"OPTIM_WRAPPER_CONSTRUCTORS": ["densekit.engine.optim"]}  # layer-wise lr decay constructors
 for _name in ("DATA_SAMPLERS", "EVALUATOR", "FUNCTIONS", "INFERENCERS", "LOG_PROCESSORS", "LOOPS", "MODEL_WRAPPERS",
               "OPTIMIZERS", "OPTIM_WRAPPERS", "OPTIM_WRAPPER_CONSTRUCTORS", "PARAM_SCHEDULERS", "RUNNERS",
               "RUNNER_CONSTRUCTORS", "TASK_UTILS", "VISBACKENDS", "VISUALIZERS", "WEIGHT_INITIALIZERS"):
     _parent = getattr(mmengine_registry, _name)
-    _MMENGINE_ONLY[_name] = Registry(_parent.name, parent=_parent, scope="densekit", locations=_parent._locations)
+    _MMENGINE_ONLY[_name] = Registry(_parent.name, parent=_parent, scope="densekit",
+                                     locations=_parent._locations + _OWN_LOCATIONS.get(_name, []))
 
 
 def mmengine_child(name: str) -> Registry:

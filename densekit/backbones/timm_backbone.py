@@ -224,8 +224,9 @@ def _pad_multiple(model: nn.Module, stage_names: list[str]) -> tuple[int, int]:
 
 def _resolve_name(model: nn.Module, name: str) -> str:
     """``name`` as it exists in ``model`` ('' if pruned away); timm's feature wrappers flatten
-    ``stages.0`` to ``stages_0``."""
-    for candidate in (name, name.replace(".", "_")):
+    ``stages.0`` to ``stages_0``, and timm's Twins lists its stages as ``block.i`` for modules named
+    ``blocks.i`` (unresolved, its input would not be padded and odd sizes would give floor(H / s) maps)."""
+    for candidate in (name, name.replace(".", "_"), name.replace("block.", "blocks.", 1)):
         try:
             model.get_submodule(candidate)
             return candidate

@@ -4,9 +4,9 @@
 # 46.62 multi-scale + flip, with ImageNet-1K ConvNeXt-T weights. Runnable on its own:
 #   python tools/train.py configs/upernet_convnext_t_ade.py [--amp]
 # Data pipeline, heads and runtime are the Swin-T recipe's (the base file). What differs from mmseg:
-# - mmseg trains with a layer-wise lr decay (its LearningRateDecayOptimizerConstructor: decay_rate 0.9,
-#   stage_wise, num_layers 6), which mmengine does not have: here every layer gets lr 1e-4. Like mmseg,
-#   norms, biases and other 1-D parameters get no weight decay (mmengine's decay multipliers).
+# - Same lr decay as mmseg: LearningRateDecayOptimizerConstructor (densekit.engine.optim, mmseg's rules over
+#   densekit's parameter names), decay_rate 0.9, stage_wise, num_layers 6: stem and downsamples lr x 0.9^7,
+#   stage i x 0.9^(6-i), heads and output norms x 1; 1-D parameters and biases get no weight decay.
 # - mmseg uses AmpOptimWrapper (fp16, dynamic loss scale) on GPU; this file keeps OptimWrapper so it runs
 #   on CPU too: pass --amp to tools/train.py for mixed precision on a GPU.
 # - mmseg's ConvNeXt (mmpretrain) starts layer scale at 1.0, timm's at 1e-6; the pretrained weights
@@ -29,7 +29,8 @@ optim_wrapper = dict(
     _delete_=True,
     type="OptimWrapper",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
+    constructor="LearningRateDecayOptimizerConstructor",
+    paramwise_cfg=dict(decay_rate=0.9, decay_type="stage_wise", num_layers=6),
 )
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),

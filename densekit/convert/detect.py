@@ -88,7 +88,7 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
     backbone is not in densekit's layout) or ``'densekit'``; the backbone part decides between the last two.
 
     Raises:
-        CheckpointError: no ``decode_head`` (a backbone-only checkpoint), or an mmseg ConvNeXt.
+        CheckpointError: no ``decode_head`` (a backbone-only checkpoint).
     """
     keys = list(state_dict)
     if not any(key.startswith("decode_head.") for key in keys):
@@ -97,8 +97,7 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
     if any(_HF_KEY.search(key) for key in keys):
         return "hf"
     if any(key.startswith("backbone.downsample_layers.") for key in keys):
-        raise CheckpointError("an mmseg/mmpretrain ConvNeXt segmentor (backbone.downsample_layers.*): not a layout "
-                              "densekit converts; convert HuggingFace's UperNet-ConvNeXt checkpoint instead")
+        return "mmseg"  # an mmseg ConvNeXt UPerNet (mmpretrain's ConvNeXt: convert.convnext)
     own = _own_backbone(part(state_dict, "backbone."))
     if own is not None:  # a Swin V2 backbone: densekit's own keys, or an mmseg-style model around another layout
         return "densekit" if own else "mmseg"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from .convnext import is_mmpretrain_convnext, mmpretrain_convnext_to_timm
 from .detect import (
     DETECTOR_LAYOUTS,
     SEGMENTOR_LAYOUTS,
@@ -60,7 +61,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
 
     Args:
         state_dict: the whole model's tensors; only ``backbone.*`` is read.
-        backbone: ``'swin'`` (any Swin layout, ``convert_swin``) or ``'timm'`` (keys kept, buffers dropped).
+        backbone: ``'swin'`` (any Swin layout, ``convert_swin``) or ``'timm'`` (keys kept, buffers dropped; an
+            mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets, through ``convnext.mmpretrain_convnext_to_timm``).
         report: gains ``backbone_layout`` and the backbone's renames, permutations and drops.
 
     Raises:
@@ -71,6 +73,11 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     tensors = part(state_dict, "backbone.")
     if backbone == "vit":
         return _convert_vit_part(tensors, report)
+    if backbone == "timm" and is_mmpretrain_convnext(list(tensors)):
+        converted, convnext = mmpretrain_convnext_to_timm(tensors)
+        report.backbone_layout = convnext.layout
+        _absorb(report, convnext, "backbone.")
+        return with_prefix(converted, "backbone.")
     if backbone == "timm":
         kept, rules = apply_rules(tensors, BUFFER_RULES)
         report.backbone_layout = "densekit"

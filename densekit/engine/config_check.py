@@ -368,6 +368,11 @@ def _check_optim_wrapper(cfg: object, where: str) -> None:
         _check_section(clip, f"{where}.clip_grad", section)
     if constructor is DefaultOptimWrapperConstructor:  # subclasses read their own paramwise keys
         _check_section(cfg.get("paramwise_cfg"), f"{where}.paramwise_cfg", SECTIONS["paramwise_cfg"])
+    elif hasattr(constructor, "check_paramwise_cfg"):  # densekit's lr-decay constructors (engine/optim.py)
+        try:
+            constructor.check_paramwise_cfg(dict(cfg.get("paramwise_cfg") or {}))
+        except ValueError as error:
+            raise ConfigError(f"config key {where}.paramwise_cfg: {error}") from error
 
 
 def _check_schedulers(cfg: object, where: str) -> None:

@@ -3,8 +3,9 @@ Importing registers them in ``MODELS``."""
 from __future__ import annotations
 
 from .fcn_head import FCNHead
+from .lraspp import LRASPPHead
 from .rpn_head import RPNHead
 from .swin_unet_decoder import SwinUnetDecoder
 from .uper_head import UPerHead
 
-__all__ = ["FCNHead", "RPNHead", "SwinUnetDecoder", "UPerHead"]
+__all__ = ["FCNHead", "LRASPPHead", "RPNHead", "SwinUnetDecoder", "UPerHead"]

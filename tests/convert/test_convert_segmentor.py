@@ -22,8 +22,9 @@ def test_segmentor_layouts_are_detected():
         detect_segmentor_layout({"backbone.stages.0.blocks.0.attn.qkv.weight": t})
 
 
-def test_mmseg_convnext_layout_is_refused_clearly():
-    keys = ("backbone.downsample_layers.0.0.weight", "decode_head.conv_seg.weight")
+def test_mmseg_convnext_layout_is_detected():
+    # Refused until mmpretrain's ConvNeXt layout was converted (tests/convert/test_convert_convnext.py).
+    keys = ("backbone.downsample_layers.0.0.weight", "backbone.stages.0.0.depthwise_conv.weight",
+            "decode_head.conv_seg.weight")
     state_dict = {key: torch.zeros(1) for key in keys}
-    with pytest.raises(CheckpointError, match="convert HuggingFace's UperNet-ConvNeXt checkpoint instead"):
-        detect_segmentor_layout(state_dict)
+    assert detect_segmentor_layout(state_dict) == "mmseg"
