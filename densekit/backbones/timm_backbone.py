@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 
 import timm
 import torch
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from ..convert.io import is_refusal, refused_message
+from ..convert.report import CheckpointError
 from .base import Backbone, local_checkpoint, output_size
 
 # The four levels a dense head consumes; ResNet/RegNet also list a stride-2 stem, which is skipped.
@@ -188,7 +191,16 @@ def _create(model_name: str, pretrained: str | None, **kwargs) -> nn.Module:
     if pretrained is None:
         return timm.create_model(model_name, pretrained=False, **kwargs)
     overlay = dict(file=os.fspath(pretrained))
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        # timm's loader uses torch.load(weights_only=True) too, but its refusal is a bare RuntimeError that names
+        # neither the file nor the way out; anything else (a shape mismatch, say) is timm's own message.
+        if not is_refusal(error):
+            raise
+        hint = ("if you trust the file, re-save just its state dict (torch.load(..., weights_only=False)"
+                "['state_dict'] or the model's state_dict()) and pass that file")
+        raise CheckpointError(refused_message(os.fspath(pretrained), error, pretrained, hint=hint)) from error
 
 
 def _level_indices(model: nn.Module, model_name: str) -> list[int]:

@@ -89,8 +89,10 @@ def is_refusal(error: Exception) -> bool:
     return "weights only" in text or "weights_only" in text
 
 
-def refused_message(source: str, error: Exception, path: str | os.PathLike | None = None) -> str:
-    """What was refused, naming the file and the offending types, and the explicit opt-in."""
+def refused_message(source: str, error: Exception, path: str | os.PathLike | None = None,
+                    hint: str = UNSAFE_LOAD_HINT) -> str:
+    """What was refused, naming the file and the offending types, and ``hint``: what the caller can do (by
+    default the explicit opt-in of the loaders that offer ``unsafe_load``)."""
     unsafe: list[str] = []
     if path is not None:
         with contextlib.suppress(Exception):  # a static scan of the pickle: runs nothing
@@ -103,7 +105,7 @@ def refused_message(source: str, error: Exception, path: str | os.PathLike | Non
     return (
         f"refused to load checkpoint {source}: {found}, which torch.load(weights_only=True) does not allow; "
         "unpickling arbitrary objects can run any code the file chooses, so densekit only loads tensors, "
-        f"containers and the metadata types mmengine writes. {UNSAFE_LOAD_HINT}. torch said: {cause}"
+        f"containers and the metadata types mmengine writes. {hint}. torch said: {cause}"
     )
 
 

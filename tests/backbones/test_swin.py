@@ -227,15 +227,26 @@ def test_in_chans_and_ape():
 
 @pytest.mark.parametrize("accel", [False, True], ids=["plain", "optimized"])
 def test_bf16_autocast_close_to_fp32(accel):
+    """bf16 rounds every matmul input to 8 significant bits (eps = 2**-7); the residual stream sums the blocks'
+    independent rounding errors, so the relative error of a stage output grows like eps * sqrt(blocks so far).
+    Measured on random-init Swin-T at 128 x 96 (seeds 0-2, plain and optimized): relative RMS error 0.0049-0.0050,
+    0.0067-0.0068, 0.0097-0.0101, 0.0108-0.0114 after 2, 4, 10, 12 blocks (about 0.45 * eps * sqrt(blocks));
+    largest error 0.9-1.4% of the largest activation. The bounds below, eps * sqrt(blocks) (RMS) and twice that
+    (max), leave about 2x margin; the old bound of 25% of the largest activation passed a dropped shift mask."""
+    torch.manual_seed(0)
     model = optimize(densekit.create_backbone("swin_t").eval(), accel)
     x = torch.randn(1, 3, 128, 96)
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x)
-    for a, b in zip(ref, low):
+    eps = torch.finfo(torch.bfloat16).eps
+    for stage, (a, b, blocks) in enumerate(zip(ref, low, (2, 4, 10, 12))):
         assert b.dtype == torch.bfloat16
-        assert (a - b.float()).abs().max().item() < 0.25 * a.abs().max().item()
+        err = a - b.float()
+        bound = eps * blocks ** 0.5
+        assert (err.norm() / a.norm()).item() < bound, f"stage {stage}: relative RMS error above {bound:.4f}"
+        assert err.abs().max().item() < 2 * bound * a.abs().max().item(), f"stage {stage}: max error"
 
 
 def test_unknown_backbone_suggests_names():

@@ -12,6 +12,7 @@ from torch import nn
 
 from densekit.backbones.base import output_size
 from densekit.backbones.timm_backbone import TimmBackbone, is_timm_model
+from densekit.convert import CheckpointError
 
 MODELS = ["convnext_tiny", "convnext_small", "convnext_base", "regnetx_032", "regnety_040", "resnet18", "resnet50",
           "resnet101", "swin_tiny_patch4_window7_224"]
@@ -103,6 +104,18 @@ def test_pretrained_missing_file(tmp_path) -> None:
     path = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         TimmBackbone("resnet18", pretrained=str(path))
+
+
+class _Payload:
+    """Any object that is not a tensor: unpickling it could run code, so weights-only loading refuses it."""
+
+
+def test_pretrained_pickle_payload_is_refused_naming_the_file(tmp_path) -> None:
+    path = tmp_path / "resnet18_payload.pth"
+    torch.save({"state_dict": timm.create_model("resnet18").state_dict(), "extra": _Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load checkpoint .*resnet18_payload\.pth") as caught:
+        TimmBackbone("resnet18", pretrained=str(path))
+    assert "_Payload" in str(caught.value) and "re-save just its state dict" in str(caught.value)
 
 
 def test_in_chans_one(tmp_path) -> None:

@@ -1,12 +1,11 @@
-"""The ``densekit`` command: fast top-level help, every subcommand's help, the entry point, and the same
-behaviour as the ``tools/*.py`` scripts (one implementation, two doors)."""
+"""The ``densekit`` command: top-level help without importing torch, every subcommand's help, the entry point, and
+the same behaviour as the ``tools/*.py`` scripts (one implementation, two doors)."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,13 @@ def _run(*args: str | Path, timeout: int = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def test_top_level_help_lists_every_command_fast_and_without_torch():
-    start = time.perf_counter()
+def test_top_level_help_lists_every_command_without_torch():
+    # What keeps it fast is not importing torch (checked below); its time is measured in benchmarks, not here.
     proc = _run("-m", "densekit", "--help")
-    seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     for name, command in COMMANDS.items():
         assert f"  {name} " in proc.stdout and command.summary in proc.stdout
     assert "densekit train upernet_swin_t_demo" in proc.stdout
-    assert seconds < 2.0, f"densekit --help took {seconds:.2f} s"
     probe = _run("-c", "import sys; from densekit.cli import main; main(['--help']); "
                  "print('TORCH', 'torch' in sys.modules)")
     assert probe.stdout.strip().endswith("TORCH False"), probe.stdout + probe.stderr
@@ -40,17 +37,17 @@ def test_top_level_help_lists_every_command_fast_and_without_torch():
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_subcommand_help_has_usage_and_examples(name):
-    if importlib.util.find_spec(f"densekit.cli.{COMMANDS[name].module}") is None:
-        pytest.skip(f"densekit/cli/{COMMANDS[name].module}.py is not in this checkout yet")
+    # A command listed in COMMANDS whose module is gone is a broken install: fail, do not skip.
+    assert importlib.util.find_spec(f"densekit.cli.{COMMANDS[name].module}") is not None, \
+        f"densekit {name} is listed but densekit/cli/{COMMANDS[name].module}.py is missing"
     proc = _run("-m", "densekit", name, "--help")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: densekit {name}"), proc.stdout[:200]
     assert "xample" in proc.stdout, f"densekit {name} --help shows no examples"
 
 
-def test_entry_point_is_declared():
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def test_entry_point_is_declared(pyproject):
+    project = pyproject["project"]
     assert project["scripts"]["densekit"] == "densekit.cli:main"
     module, attr = project["scripts"]["densekit"].split(":")
     assert callable(getattr(importlib.import_module(module), attr))

@@ -22,9 +22,8 @@ def test_shipped_configs_are_the_package_data_and_the_checkout_link_points_there
     assert (ROOT / "configs").resolve() == CONFIG_DIR  # the checkout's configs/ is a link to the package's
 
 
-def test_pyproject_ships_the_configs_as_package_data():
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+def test_pyproject_ships_the_configs_as_package_data(pyproject):
+    setuptools = pyproject["tool"]["setuptools"]
     assert "configs/*.py" in setuptools["package-data"]["densekit"]
 
 

@@ -51,6 +51,30 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     assert ckpt["meta"]["iter"] == 2 and ckpt["rng_state"]["torch"].dtype == torch.uint8
 
 
+def test_a_kill_between_writing_and_renaming_the_pointer_keeps_the_old_pointer(tmp_path, monkeypatch):
+    """The second save of ``last_checkpoint`` dies after its bytes are written and before the rename: a reader
+    still finds the old pointer, whole, naming iter_2.pth (a plain in-place ``open`` would already have replaced
+    it, or never reach a rename at all)."""
+    config = tiny_config(tmp_path / "tiny.py", make_tiny_data(tmp_path / "data"), max_iters=4, batch_size=2,
+                         checkpoint_interval=2)
+    work_dir = tmp_path / "work"
+    pointer, replace, seen = work_dir / "last_checkpoint", os.replace, {}
+
+    def dying_replace(src, dst) -> None:
+        if Path(dst) == pointer and "iter_4" in Path(src).read_text():
+            seen["pointer_before_rename"] = pointer.read_text()
+            raise KeyboardInterrupt("killed between writing the pointer and renaming it")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(str(config)), work_dir=str(work_dir))
+    assert seen["pointer_before_rename"] == str(work_dir / "iter_2.pth")
+    assert pointer.read_text() == str(work_dir / "iter_2.pth")
+    assert (work_dir / "iter_4.pth").is_file()  # the checkpoint itself was complete: only the pointer was cut
+    assert not [p.name for p in work_dir.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+
+
 def _train(config: Path, work_dir: Path, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "tools" / "train.py"), str(config), "--work-dir", str(work_dir),
             "--deterministic", *args]

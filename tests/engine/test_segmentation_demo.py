@@ -91,9 +91,7 @@ def _tiny_demo_cfg(tmp_path: Path):
 
 def test_demo_runs_end_to_end_twice(tmp_path, capsys):
     work_dir = tmp_path / "work"
-    start = time.perf_counter()
     result = run_segmentation_demo(_tiny_demo_cfg(tmp_path), work_dir=work_dir, num_panels=2)
-    first_run = time.perf_counter() - start
     assert result["iters"] == 2 and 0 <= result["miou"] <= 1
     assert result["curves"] == work_dir / "curves.png" and cv2.imread(str(result["curves"])) is not None
     assert len(result["panels"]) == 2
@@ -106,7 +104,6 @@ def test_demo_runs_end_to_end_twice(tmp_path, capsys):
     time.sleep(1.1)  # mmengine names a run's log folder and instances after the second it starts
     again = run_segmentation_demo(_tiny_demo_cfg(tmp_path), work_dir=work_dir, num_panels=2)
     assert again["log_dir"] != result["log_dir"] and again["checkpoint"].is_file()
-    assert first_run < 120, f"the 2-iteration demo took {first_run:.0f} s"
 
 
 def test_tools_demo_backbones_only():

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import socket
 
 import numpy as np
 import pytest
@@ -128,19 +130,46 @@ def test_medical_metric_assembles_slices_prints_and_writes_csv(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["medical_metrics.csv"]  # no temporary file left
 
 
-def test_medical_metric_merges_slices_split_across_ranks():
+def _split_case() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     gt = _blob(rng, (5, 20, 20)).astype(np.int64)
-    pred = np.roll(gt, 2, axis=2)
-    samples = _slice_samples("case0007", pred, gt, (1.0, 1.0, 1.0))
-    ranks = [MedicalMetric(num_classes=2, protocol="swin-unet") for _ in range(2)]
-    for i, sample in enumerate(samples):
-        ranks[i % 2].process({}, [sample])
-    for m in ranks:  # what evaluate() hands to collect_results on each rank
-        m.results.extend(dict(partial=c, **e) for c, e in m._pending.items())
-    out = ranks[0].compute_metrics(ranks[0].results + ranks[1].results)
+    return np.roll(gt, 2, axis=2), gt
+
+
+def _evaluate_on_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One rank of a gloo group: process this rank's share of the slices as mmengine's DefaultSampler deals them
+    (``indices[rank::world_size]``, padded by repeating the first ones), then the metric's real ``evaluate()``
+    (mmengine's collect_results and broadcast); each rank writes what it got back."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world_size)
+    try:
+        pred, gt = _split_case()
+        samples = _slice_samples("case0007", pred, gt, (1.0, 1.0, 1.0))
+        indices = list(range(len(samples)))
+        indices += indices[: -len(indices) % world_size]  # 5 slices, 2 ranks: slice 0 is dealt twice
+        metric = MedicalMetric(num_classes=2, protocol="swin-unet")
+        for i in indices[rank::world_size]:
+            metric.process({}, [samples[i].to_dict()])
+        assert metric._pending and not metric.results, "each rank should hold only part of the case"
+        out = metric.evaluate(len(samples))
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump(out, f)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_medical_metric_merges_slices_split_across_ranks(tmp_path):
+    """Two processes hold the slices of one case between them; MedicalMetric.evaluate() (not a copy of its hand-off)
+    must assemble the whole volume on the main rank and broadcast the scores to both."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_evaluate_on_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    pred, gt = _split_case()
     dsc, hd = volume_metrics(pred, gt, 2, protocol="swin-unet")
-    assert out["mDSC"] == pytest.approx(dsc[0]) and out["mHD95"] == pytest.approx(hd[0])
+    for rank in range(2):
+        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert out["mDSC"] == pytest.approx(dsc[0]) and out["mHD95"] == pytest.approx(hd[0]), f"rank {rank}"
 
 
 def test_medical_metric_rejects_unknown_protocol():

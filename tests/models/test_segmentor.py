@@ -169,6 +169,54 @@ def test_tta_returns_original_size_probabilities(small):
     torch.testing.assert_close(single.seg_logits.data, whole.seg_logits.data.softmax(0))
 
 
+def _window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """mmseg's sliding grid along one axis: a window every ``stride`` pixels, the last one moved back so it ends on
+    the border (a ragged border is covered by a window that overlaps its neighbour more)."""
+    if size <= crop:
+        return [0]
+    return list(range(0, size - crop, stride)) + [size - crop]
+
+
+def _whole_logits(model: EncoderDecoder, x: torch.Tensor) -> torch.Tensor:
+    """``(K, H, W)`` logits of whole-image prediction on ``x`` ``(1, 3, H, W)``."""
+    return _predict(model, x, dict(mode="whole"))[0].seg_logits.data
+
+
+def test_slide_averages_overlapping_windows_like_an_independent_loop(small):
+    # 100 x 160 with 64-pixel crops every 43 pixels: rows start at 0, 36; columns at 0, 43, 86, 96 (ragged border),
+    # so pixels are covered by one to six windows and a sum without the division would be off.
+    x = _image(100, 160, seed=5)
+    crop, stride = 64, 43
+    total, count = torch.zeros(5, 100, 160), torch.zeros(1, 100, 160)
+    for y in _window_starts(100, crop, stride):
+        for x0 in _window_starts(160, crop, stride):
+            total[:, y:y + crop, x0:x0 + crop] += _whole_logits(small, x[..., y:y + crop, x0:x0 + crop])
+            count[:, y:y + crop, x0:x0 + crop] += 1
+    assert count.min() == 1 and count.max() == 6
+    expected = total / count
+    out = _predict(small, x, dict(mode="slide", crop_size=(crop, crop), stride=(stride, stride)))[0]
+    torch.testing.assert_close(out.seg_logits.data, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(out.pred_sem_seg.data, expected.argmax(0, keepdim=True))
+
+
+def test_tta_averages_hand_made_flips_and_scales(small):
+    # An image without left-right symmetry and a random network: a flipped view that is not flipped back differs.
+    x = _image(64, 96, seed=7)
+    scales = [0.5, 1.0, 1.5]
+    probs = []
+    for scale in scales:
+        scaled = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        plain = _whole_logits(small, scaled)
+        unflipped = _whole_logits(small, torch.flip(scaled, dims=[3])).flip(-1)
+        for logits in (plain, unflipped):
+            resized = F.interpolate(logits[None], size=(64, 96), mode="bilinear", align_corners=False)[0]
+            probs.append(resized.softmax(0))
+    expected = torch.stack(probs).mean(0)
+    out = _predict(small, x, dict(mode="whole", tta=dict(scales=scales, flip=True)))[0]
+    torch.testing.assert_close(out.seg_logits.data, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.pred_sem_seg.data, expected.argmax(0, keepdim=True))
+
+
 def _labelled_samples(shapes, num_classes: int = 5) -> list[SegDataSample]:
     gen = torch.Generator().manual_seed(3)
     samples = []
