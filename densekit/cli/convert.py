@@ -23,6 +23,8 @@ saved as ``{'meta', 'state_dict'}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from mmengine.config import DictAction
@@ -59,9 +61,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def _without_load_reports():
+    """Hide the INFO log of the loads inside ``verify_conversion``: it builds densekit's Swin without output norms
+    (timm's stage features have none) and its report ("dropped 8 out_norms") would contradict the conversion's
+    own, printed above, which counts the norms the written file holds. Warnings still show."""
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def verify(args: argparse.Namespace) -> int:
     try:
-        diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
+        with _without_load_reports():
+            diffs = verify_conversion(args.src, args.dst, args.model, args.window_size, args.in_chans)
     except VerifyUnsupported as error:
         print(f"verify skipped: {error}")
         return 0

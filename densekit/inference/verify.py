@@ -21,7 +21,6 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 from torch import nn
 
 from ..backbones import create_backbone
-from ..backbones.pretrained import load_pretrained
 from ..convert.detect import detect_layout
 from ..convert.io import read_checkpoint, unwrap
 from ..convert.official_swin import densekit_to_official
@@ -101,14 +100,11 @@ def verify_conversion(
         CheckpointError: timm could not take the reference weights.
     """
     options = {k: v for k, v in (("window_size", window_size), ("in_chans", in_chans)) if v is not None}
-    ours = create_backbone(model_name, out_norm=False, **options).eval()
+    ours = create_backbone(model_name, pretrained=str(dst), out_norm=False, **options).eval()
     if hasattr(ours, "pretrained_window_size"):
         raise VerifyUnsupported("no timm comparison for Swin V2 yet (tests/backbones/test_swin_v2.py compares it)")
     if ours.absolute_pos_embed is not None:
         raise VerifyUnsupported("timm's Swin has no absolute position embedding")
-    # timm's intermediates carry no output norms, so densekit runs without them; the load is not reported (its
-    # "dropped out_norms" would contradict the conversion's report, which counts the norms the file holds).
-    load_pretrained(ours, dst, verbose=False, progress=False)
     ref, side = build_timm_swin(ours)
     weights = checkpoint_filter_fn(reference_state_dict(src, ours), ref)
     missing, unexpected = ref.load_state_dict(weights, strict=False)
