@@ -127,6 +127,20 @@ def comparison_panel(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray,
     return panel
 
 
+def panels_with_legend(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray,
+                       palette: Sequence[Sequence[int]], class_names: Sequence[str] = (),
+                       alpha: float = 0.5) -> np.ndarray:
+    """``comparison_panel`` whose legend lists only the classes in ``gt`` or ``pred`` (ids without a name as
+    ``class <id>``). BGR uint8 ``(22 + H [+ legend], 2W or 3W, 3)``."""
+    panel = comparison_panel(image, gt, pred, palette, (), alpha)
+    shown = set(np.unique(pred).tolist()) | (set(np.unique(gt).tolist()) if gt is not None else set())
+    present = sorted(k for k in shown if k != 255 and k < len(palette))
+    if not present:
+        return panel
+    names = [class_names[k] if k < len(class_names) else f"class {k}" for k in present]
+    return np.concatenate([panel, legend(names, [palette[k] for k in present], panel.shape[1])], axis=0)
+
+
 # Keys mmengine logs beside losses and metrics; never plotted as curves.
 BOOKKEEPING_KEYS = frozenset({"step", "iter", "epoch", "time", "data_time", "memory", "lr", "base_lr"})
 
@@ -318,12 +332,13 @@ def montage_slices(labels: np.ndarray | None, depth: int, n: int) -> np.ndarray:
 def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Sequence[int]], n: int = 16,
             alpha: float = 0.5, cols: int | None = None, tile_size: int | None = None,
             class_names: Sequence[str] = ()) -> np.ndarray:
-    """An RGB uint8 grid ``(rows * h, cols * w, 3)`` of ``n`` slices with the labels overlaid.
+    """An RGB uint8 grid ``(rows * (14 + h), cols * w, 3)`` of ``n`` slices with the labels overlaid.
 
     Slices are picked by ``montage_slices``; intensities are stretched between the volume's 0.5th and 99.5th
     percentiles; labels ``> 0`` are blended with ``palette[label]`` (RGB) at ``alpha``; each tile is marked
-    with its slice index. ``tile_size`` scales tiles to that longer side. Empty cells of the grid are black.
-    ``class_names`` (index 0 = background, not drawn) adds a legend of the classes 1.. under the grid.
+    with its slice index in a 14-pixel strip above it. ``tile_size`` scales tiles to that longer side. Empty cells
+    of the grid are black. ``class_names`` (index 0 = background, not drawn) adds a legend under the grid of the
+    classes 1.. that ``labels`` holds.
     """
     volume = np.asarray(volume, np.float32)
     if volume.ndim != 3 or (labels is not None and np.shape(labels) != volume.shape):
@@ -345,8 +360,7 @@ def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Seq
             scale = tile_size / max(tile.shape[:2])
             size = (max(1, round(tile.shape[1] * scale)), max(1, round(tile.shape[0] * scale)))
             tile = cv2.resize(tile, size, interpolation=cv2.INTER_NEAREST)
-        cv2.putText(tile, str(int(k)), (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
-        tiles.append(tile)
+        tiles.append(_slice_caption(tile, int(k)))
     cols = cols or math.ceil(math.sqrt(len(tiles)))
     rows = math.ceil(len(tiles) / cols)
     th, tw = tiles[0].shape[:2]
@@ -354,7 +368,17 @@ def montage(volume: np.ndarray, labels: np.ndarray | None, palette: Sequence[Seq
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
         grid[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = tile
-    if len(class_names) > 1:
-        strip = legend(list(class_names)[1:], [list(c) for c in palette][1:], grid.shape[1])[..., ::-1]  # BGR->RGB
+    present = [] if labels is None else [int(k) for k in np.unique(labels) if 0 < k < len(palette)]
+    if len(class_names) > 1 and present:
+        names = [class_names[k] if k < len(class_names) else f"class {k}" for k in present]
+        strip = legend(names, [list(palette[k]) for k in present], grid.shape[1])[..., ::-1]  # BGR->RGB
         grid = np.concatenate([grid, strip], axis=0)
     return grid
+
+
+def _slice_caption(tile: np.ndarray, index: int) -> np.ndarray:
+    """``tile`` with a black strip above holding the slice number: written beside the image, not over it, so it
+    never hides the labels of a small tile."""
+    strip = np.zeros((14, tile.shape[1], 3), np.uint8)
+    cv2.putText(strip, str(index), (2, 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([strip, tile], axis=0)

@@ -23,6 +23,7 @@ import argparse
 import torch
 from mmengine.config import DictAction
 
+from densekit.cli.arguments import positive_int
 from densekit.cli.common import add_unsafe_load_argument, run_tool
 from densekit.inference.benchmark import DEVICES, MODES, BenchmarkResult, BenchmarkSettings, benchmark_config
 
@@ -40,10 +41,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="densekit benchmark", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("config", help="config file or shipped config name, e.g. upernet_swin_t_ade")
-    parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
+    parser.add_argument("--shape", type=positive_int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="input height and width (default: 512 512)")
-    parser.add_argument("--batch", type=int, default=1, help="images per call")
-    parser.add_argument("--runs", type=int, default=10, help="timed calls (median and min are reported)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="images per call")
+    parser.add_argument("--runs", type=positive_int, default=10, help="timed calls (median and min are reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
     parser.add_argument("--mode", default="fp32", choices=MODES,
                         help="bf16 = torch.autocast bfloat16; channels_last = fp32, model and input in "

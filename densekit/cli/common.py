@@ -1,6 +1,7 @@
 """What the command-line tools share: expected errors as one message instead of a traceback, common arguments.
 
-``tools/*.py`` end with ``run_tool(main)``: a missing file or folder (dataset, config, checkpoint) or a config
+``tools/*.py`` end with ``run_tool(main)``: a missing file or folder (dataset, config, checkpoint), a checkpoint
+that cannot be read or does not fit the model (``CheckpointError``) or a config
 error (a file that does not parse, a ``type`` no registry knows, a ``ConfigError``) is printed to stderr as
 ``error: <message>`` and the process exits with status 1. Anything else is a bug and keeps its traceback.
 """
@@ -10,10 +11,19 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from ..convert.report import CheckpointError
 from ..engine.config_check import ConfigError
 
-# Errors a user fixes by changing a path or a config, each raised with a message that says what to do.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, FileExistsError)
+
+class UserError(Exception):
+    """A mistake in what the user asked for (an unreadable input, an option that does not apply), raised with a
+    message that says what to do; printed as one ``error:`` paragraph by ``run_tool``."""
+
+
+# Errors a user fixes by changing a path, a file or a config, each raised with a message that says what to do
+# (CheckpointError: a file that is not a checkpoint, is cut off, or does not fit the config's model).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, FileExistsError,
+                                                CheckpointError, UserError)
 
 
 def add_unsafe_load_argument(parser: argparse.ArgumentParser) -> None:

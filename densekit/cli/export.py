@@ -27,6 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from densekit.cli.arguments import positive_int
+
 TOLERANCE = 1e-3
 
 
@@ -35,13 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="segmentor config, e.g. configs/upernet_swin_t_ade.py")
     parser.add_argument("checkpoint", help="densekit checkpoint of that config (see densekit convert)")
-    parser.add_argument("--shape", type=int, nargs=2, required=True, metavar=("H", "W"), help="export input size")
-    parser.add_argument("--batch", type=int, default=1, help="export batch size (default: %(default)s)")
+    parser.add_argument("--shape", type=positive_int, nargs=2, required=True, metavar=("H", "W"),
+                        help="export input size")
+    parser.add_argument("--batch", type=positive_int, default=1, help="export batch size (default: %(default)s)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    parser.add_argument("--check-shape", type=int, nargs=2, metavar=("H", "W"),
+    parser.add_argument("--check-shape", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="with --dynamic: the second size checked (default: H+64 W+32)")
     parser.add_argument("--out", help="ONNX file to write (default: the checkpoint's path with .onnx)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default: %(default)s)")
     parser.add_argument("--cfg-options", nargs="+", action=_dict_action(), help="override config keys, key=value")
     args = parser.parse_args(argv)
     if args.check_shape and not args.dynamic:

@@ -19,6 +19,7 @@ from densekit.cli.common import add_launcher_arguments, add_no_accel_argument, a
 from densekit.engine.config import load_config
 from densekit.engine.data_check import check_datasets
 from densekit.engine.runner import test
+from densekit.inference.checkpoint import check_checkpoint_fits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
     check_datasets(cfg, ("test_dataloader",))  # fail before building the model
+    # mmengine's load_from is non-strict: a checkpoint of another model would silently evaluate random weights.
+    check_checkpoint_fits(cfg, args.checkpoint, unsafe_load=args.unsafe_load)
     medical = cfg.get("test_evaluator", {}).get("type") == "MedicalMetric"
     if args.protocol:
         if not medical:

@@ -109,6 +109,23 @@ def refused_message(source: str, error: Exception, path: str | os.PathLike | Non
     )
 
 
+def unreadable_message(path: Path, error: BaseException) -> str:
+    """Why ``torch.load`` could not read ``path``, in a user's words: an empty file, a file that is neither a
+    torch zip archive nor a pickle (text, an image, a download error page), or a cut-off / corrupt archive."""
+    size = path.stat().st_size
+    if size == 0:
+        return f"could not read checkpoint {path}: the file is empty (0 bytes); copy or download it again"
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head.startswith(b"PK") and head[:1] != b"\x80":  # zip archive (torch >= 1.6) or pickle protocol 2+
+        return (f"could not read checkpoint {path}: it is not a PyTorch checkpoint ({size} bytes starting with "
+                f"{head!r}); pass a .pth/.pt written by torch.save, or a .safetensors file")
+    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    first_line = first_line.split(". ")[0]  # torch adds a paragraph of guesses after the cause
+    return (f"could not read checkpoint {path} ({size} bytes): {first_line}; the file may be truncated or "
+            "corrupt, copy or download it again")
+
+
 def _read_torch(path: Path, unsafe_load: bool = False) -> Mapping:
     try:
         if unsafe_load:
@@ -121,9 +138,9 @@ def _read_torch(path: Path, unsafe_load: bool = False) -> Mapping:
     except pickle.UnpicklingError as error:
         if is_refusal(error):
             raise CheckpointError(refused_message(str(path), error, path)) from error
-        raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
+        raise CheckpointError(unreadable_message(path, error)) from error
+    except Exception as error:  # a non-checkpoint file makes the unpickler fail in any way (KeyError: 101, ...)
+        raise CheckpointError(unreadable_message(path, error)) from error
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
     return obj

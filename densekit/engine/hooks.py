@@ -19,7 +19,7 @@ from mmengine.model import is_model_wrapper
 from .. import accel
 from ..fileio import atomic_open, save_atomically
 from ..registry import HOOKS
-from ..visualization import default_palette, draw_proposals, labelled_overlay, write_image
+from ..visualization import default_palette, draw_proposals, panels_with_legend, write_image
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,11 +114,12 @@ class AccelHook(Hook):
 
 @HOOKS.register_module()
 class SegOverlayHook(Hook):
-    """After each test iteration, write ``<out_dir>/<image stem>.png``: the prediction over the image, with a
-    legend of the classes it shows.
+    """After each test iteration, write ``<out_dir>/<image stem>.png``: the panels ``image | ground truth |
+    prediction`` (``comparison_panel``; without the ground-truth panel where the sample has none or it is not
+    at the prediction's size), with a legend of the classes either shows.
 
     Args:
-        out_dir: folder for the overlays.
+        out_dir: folder for the pictures.
         alpha: opacity of the colours.
     """
 
@@ -130,10 +131,12 @@ class SegOverlayHook(Hook):
         meta = runner.test_dataloader.dataset.metainfo
         for sample in outputs or []:
             pred = sample.pred_sem_seg.data[0].cpu().numpy()
+            gt = sample.gt_sem_seg.data[0].cpu().numpy() if "gt_sem_seg" in sample else None
+            gt = gt if gt is not None and gt.shape == pred.shape else None
             palette = meta.get("palette") or default_palette(max(len(meta.get("classes", [])), int(pred.max()) + 1))
-            image = cv2.imread(sample.img_path)
-            picture = labelled_overlay(image, pred, palette, meta.get("classes", ()), self.alpha)
-            write_image(self.out_dir / f"{Path(sample.img_path).stem}.png", picture)
+            write_image(self.out_dir / f"{Path(sample.img_path).stem}.png",
+                        panels_with_legend(cv2.imread(sample.img_path), gt, pred, palette, meta.get("classes", ()),
+                                           self.alpha))
 
 
 @HOOKS.register_module()

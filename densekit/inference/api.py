@@ -78,7 +78,7 @@ def _dataset_meta(cfg: Config) -> dict:
     return meta
 
 
-def _test_pipeline(cfg: Config) -> list:
+def test_pipeline_steps(cfg: Config) -> list:
     """The config's ``test_pipeline``, else its test dataset's pipeline."""
     steps = cfg.get("test_pipeline") or cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline")
     if not steps:
@@ -94,7 +94,7 @@ def inference_model(model: torch.nn.Module, image: str | os.PathLike | np.ndarra
         the image's own size; an RPN: a ``DetDataSample`` whose ``pred_instances`` holds ``bboxes``
         ``(N, 4)`` xyxy in the image's pixels and ``scores`` ``(N,)``, best first, ``N <= max_per_img``.
     """
-    steps = [t for t in _test_pipeline(model.cfg) if t["type"] not in ("LoadAnnotations", "LoadDetAnnotations")]
+    steps = [t for t in test_pipeline_steps(model.cfg) if t["type"] not in ("LoadAnnotations", "LoadDetAnnotations")]
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR image, got an array of shape {image.shape}")

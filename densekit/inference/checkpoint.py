@@ -73,4 +73,17 @@ def load_model_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
     return report
 
 
-__all__ = ["backbone_family", "load_model_checkpoint"]
+def check_checkpoint_fits(cfg, checkpoint: str | os.PathLike, unsafe_load: bool = False) -> LoadReport:
+    """Load ``checkpoint`` strictly into a fresh model of ``cfg`` (random init, nothing downloaded) and return
+    the report: commands that hand the file to mmengine's Runner (whose ``load_from`` loads non-strictly, so a
+    checkpoint of another model would evaluate random weights) call this first, before any work dir exists.
+
+    Raises:
+        FileNotFoundError, CheckpointError: as ``load_model_checkpoint``.
+    """
+    from ..models.builder import build_model
+
+    return load_model_checkpoint(build_model(cfg, pretrained=False), checkpoint, unsafe_load=unsafe_load)
+
+
+__all__ = ["backbone_family", "check_checkpoint_fits", "load_model_checkpoint"]

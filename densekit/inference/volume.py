@@ -13,6 +13,7 @@ model's size, order 0 of the labels out), computed exactly on the torch side by 
 from __future__ import annotations
 
 import os.path as osp
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -112,26 +113,69 @@ def model_input_size(model: nn.Module, default: Sequence[int] = (224, 224)) -> t
     return tuple(default)
 
 
+def _dataset_cfg(cfg, loader: str) -> dict:
+    """The innermost dataset config of ``cfg[loader]`` (through wrappers such as ``RepeatDataset``)."""
+    dataset = ((cfg.get(loader) or {}) if cfg is not None else {}).get("dataset") or {}
+    while isinstance(dataset.get("dataset"), dict):
+        dataset = dataset["dataset"]
+    return dataset
+
+
+def config_window(cfg) -> tuple[str | Sequence[float] | None, str | None, str]:
+    """The intensity window a model was trained with, from its config: ``(window, window_mode, where)``.
+
+    ``NiftiSliceDataset`` windows each volume on load with its ``window`` / ``window_mode`` (default ``'ct'``);
+    the test dataset is read first, then the training one. Any other dataset (Synapse: CT stored windowed to
+    [-125, 275] HU) means ``'ct'`` for NIfTI input, the window Synapse's preprocessing used.
+    """
+    for loader in ("test_dataloader", "val_dataloader", "train_dataloader"):
+        dataset = _dataset_cfg(cfg, loader)
+        if dataset.get("type") == "NiftiSliceDataset":
+            window = dataset.get("window", "ct")
+            window = list(window) if isinstance(window, (list, tuple)) else window
+            return window, dataset.get("window_mode"), f"the window of the config's {loader}.dataset"
+    kinds = sorted({_dataset_cfg(cfg, name).get("type", "?") for name in ("test_dataloader", "train_dataloader")})
+    return "ct", None, f"the config's dataset ({', '.join(kinds)}) is not NIfTI: CT, as Synapse is preprocessed"
+
+
+def _window_name(window, window_mode: str | None) -> str:
+    if window is None or isinstance(window, str):
+        return str(window if window is not None else "none")
+    return f"{list(window)}" + (f" ({window_mode})" if window_mode else "")
+
+
 def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, window: str | None = "auto",
                          batch_size: int = 16, palette: Sequence[Sequence[int]] | None = None,
-                         resize: str = "bilinear") -> list[str]:
+                         resize: str = "bilinear", on_error: str = "stop") -> list[str]:
     """Segment every volume in ``inputs`` (files or folders of ``.nii``/``.nii.gz``/``.npy.h5``); no labels needed.
 
     Per volume: ``<name>_pred.nii.gz`` (NIfTI input, the source affine) or ``<name>_pred.h5`` (h5 input), and
-    ``<name>_montage.png`` (overlays of 16 slices). ``window='auto'`` windows NIfTI intensities as CT
-    (``window_intensity(..., 'ct')``) and leaves h5 volumes as stored (Synapse h5 are windowed already);
-    ``'ct'``, ``'mr'`` or None force a choice. ``resize``: as in ``infer_volume``. Returns the prediction paths.
+    ``<name>_montage.png`` (overlays of 16 slices). ``window='auto'`` windows NIfTI intensities as the model was
+    trained (``config_window`` of ``model.cfg``: its dataset's ``window``, e.g. ``'mr'``) and leaves h5 volumes as
+    stored (Synapse h5 are windowed already); ``'ct'``, ``'mr'`` or None force a choice. The window used is
+    printed (``window: mr (...)``). ``resize``: as in ``infer_volume``. A volume that cannot be read stops the
+    run (``on_error='stop'``) or is skipped with a warning (``'skip'``). Returns the prediction paths.
     """
     paths = [p for item in inputs for p in list_volumes(str(item))]
     size = model_input_size(model)
     classes = (getattr(model, "dataset_meta", None) or {}).get("classes", [])
-    written = []
+    written, said, skipped = [], set(), []
     for path in paths:
-        volume, spacing, affine = read_volume(path)
+        try:
+            volume, spacing, affine = read_volume(path)
+        except (OSError, ValueError, EOFError) as error:
+            if on_error == "stop":
+                raise FileNotFoundError(f"cannot read volume {path}: {error}") from error
+            skipped.append(f"{osp.basename(path)} ({error})")
+            continue
         nifti = path.endswith(NIFTI_SUFFIXES)
-        chosen = ("ct" if nifti else None) if window == "auto" else window
+        chosen, mode, where = (None, None, "h5 volumes are stored windowed") if not nifti else (
+            config_window(getattr(model, "cfg", None)) if window == "auto" else (window, None, "--window"))
+        if (_window_name(chosen, mode), where) not in said:
+            said.add((_window_name(chosen, mode), where))
+            print(f"window: {_window_name(chosen, mode)} ({where})")
         if chosen is not None:
-            volume = window_intensity(volume, chosen)
+            volume = window_intensity(volume, chosen, mode)
         name = case_name(path)
         labels = infer_volume(model, volume, batch_size=batch_size, input_size=size, desc=name, resize=resize)
         pred_path = osp.join(out_dir, f"{name}_pred" + (".nii.gz" if nifti else ".h5"))
@@ -139,4 +183,7 @@ def segment_volume_files(model: nn.Module, inputs: Sequence[str], out_dir: str, 
         colours = palette or default_palette(max(len(classes), int(labels.max()) + 1))
         picture = montage(volume, labels, colours, class_names=classes)
         write_image(osp.join(out_dir, f"{name}_montage.png"), picture[..., ::-1])  # the montage is RGB
+    if skipped:
+        print(f"warning: skipped {len(skipped)} of {len(paths)} volumes that could not be read: {'; '.join(skipped)}",
+              file=sys.stderr)
     return written

@@ -125,3 +125,16 @@ def test_no_accel_off_row_off_the_cpu():
     model = torch.nn.Linear(2, 2)
     assert benchmark.with_accel_off("densekit", model, "cuda") == {"densekit": model}
     assert list(benchmark.with_accel_off("densekit", model, "cpu")) == ["densekit", "densekit (accel off)"]
+
+
+def test_table_at_the_agreement_size_in_fp32_has_one_diff_column():
+    """At 224x224 in fp32 the run's diff is the checked one: printed once, not as two equal columns."""
+    from densekit.inference.timing import Stats
+
+    stats = {"densekit": Stats([0.010, 0.011]), "timm": Stats([0.012, 0.013])}
+    diffs = {"densekit": 1.5e-6, "timm": 0.0}
+    at_224 = bench_swin._table(benchmark.BenchConfig(size=(224, 224)), (224, 224), stats, diffs, diffs, {})
+    header = at_224.splitlines()[0]
+    assert header.count("max abs diff vs timm") == 1 and "fp32 @ 224x224 (checked" in header
+    at_64 = bench_swin._table(benchmark.BenchConfig(size=(64, 64)), (224, 224), stats, diffs, diffs, {})
+    assert at_64.splitlines()[0].count("max abs diff vs timm") == 2  # another size: both columns mean something

@@ -28,6 +28,8 @@ def test_tool_converts_and_verifies(timm_state_dict, tmp_path):
     diffs = [float(d) for d in re.findall(r"stage \d: max \|densekit - timm\| = (\S+)", proc.stdout)]
     assert len(diffs) == 4 and max(diffs) < 1e-4, proc.stdout
     assert "verify OK" in proc.stdout and "timm layout" in proc.stdout
+    # one account of the output norms: the conversion's (6 initialised), not a second load's "dropped 8"
+    assert proc.stdout.count("out_norms.0.weight") == 1 and "dropped 8" not in proc.stdout + proc.stderr
     assert sorted(os.listdir(tmp_path)) == sorted([src.name, dst.name])  # no temporary file left
 
     model = densekit.create_backbone("swin_t", pretrained=str(dst))
