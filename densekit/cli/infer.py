@@ -23,7 +23,7 @@ Examples:
     python tools/infer.py configs/swin_unet_t_synapse.py swin_unet.pth scans/ --out-dir preds --window ct --bf16
     python tools/infer.py configs/rpn_r50_fpn_1x_coco.py rpn_r50.pth street.jpg --out-dir proposals --top-k 30
     python tools/infer.py configs/upernet_swin_t_demo.py work_dirs/demo/iter_200.pth photos/ --out-dir preds --compile
-    densekit infer upernet_swin_t_demo work_dirs/demo/iter_200.pth big.png --out-dir preds --mode slide \
+    densekit infer upernet_swin_t_demo work_dirs/demo/iter_200.pth big.png --out-dir preds --mode slide \\
         --crop 512 512 --stride 384 384
 """
 from __future__ import annotations
