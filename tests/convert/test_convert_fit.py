@@ -160,6 +160,10 @@ def test_misfit_error_lists_each_kind_with_its_first_keys_then_the_hints():
         "  hint: the classifier (conv_seg) differs in size: set num_classes to the checkpoint's\n"
         "  hint: many backbone keys differ: weights of another variant (e.g. swin_s into swin_t)? is the config's "
         "backbone the checkpoint's?")
+    exactly_the_limit = [f"k{i}" for i in range(8)]  # all shown, no "... (+0)"
+    assert str(misfit_error("RPN", exactly_the_limit, [], [], [])) == (
+        "checkpoint does not fit the RPN:\n  8 unexpected keys (no such parameter in the model): " + "; ".join(
+            exactly_the_limit))
 
 
 def test_misfit_hints_name_only_the_causes_present():
