@@ -2,6 +2,8 @@
 #   make demo   virtual environment + densekit + the demo job
 #   make test   test dependencies + lint + import contracts + the test suite
 # Both are safe to run again: pip only reinstalls what changed.
+#   make ci     the CI command (.ci/run): make test, then make test-slow, then make test-readme
+#   make mutate mutation testing of losses, slide/TTA, converter rules/resize/fit and metrics (docs/testing.md)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ BIN := $(VENV)/bin
 # Keeps pip on the torch pair this machine's index holds locally; see constraints.txt.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test test-slow install install-test clean
+.PHONY: demo test test-slow test-readme ci mutate install install-test clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "densekit needs Python >= 3.10, found " + sys.version.split()[0])'
@@ -21,6 +23,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP_INSTALL) --editable '.[test]'
+	@touch $@
+
+$(VENV)/.installed-mutate: $(VENV)/.installed-test
+	$(PIP_INSTALL) --editable '.[test,mutate]'
 	@touch $@
 
 install: $(VENV)/.installed
@@ -37,6 +43,25 @@ test: install-test
 
 test-slow: install-test
 	$(BIN)/python -m pytest -m slow
+
+# The README's own commands in a fresh clone (tools/check_readme.py), less the two that CI runs as lanes of their
+# own (make test, make test-slow) and the peer benchmarks (minutes of timing, no pass/fail claim).
+test-readme: install-test
+	$(BIN)/python tools/check_readme.py --skip 'make test' --skip 'make test-slow' --skip '-m benchmarks' \
+		--skip 'densekit benchmark'
+
+# The CI command (.ci/run): the three lanes in order, each one's wall time printed after it.
+ci:
+	@for lane in test test-slow test-readme; do \
+		start=$$(date +%s); $(MAKE) --no-print-directory $$lane || exit 1; \
+		echo "== make $$lane: $$(( $$(date +%s) - start )) s"; \
+	done
+
+# Mutants of each module run only the tests that cover it (mutmut records which tests reach which function);
+# [tool.mutmut] in pyproject.toml lists the modules and the tests. Not in CI: it takes about 40 minutes.
+mutate: $(VENV)/.installed-mutate
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -3,8 +3,9 @@
 only), a 16-channel UPerNet head, 64x64 images, no validation, and a logged loss every iteration."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from helpers.demo import logged_runs
 
 from densekit.datasets.seg.demo import make_demo_dataset
 from densekit.engine.demo import DEMO_CONFIG, load_demo_config
@@ -64,8 +65,4 @@ def tiny_config(path: Path, data_root: Path, *, max_iters: int, batch_size: int,
 
 def logged_losses(work_dir: Path) -> list[dict[int, float]]:
     """``{iteration: loss}`` of each run in ``work_dir`` (mmengine's ``vis_data/scalars.json``), oldest first."""
-    runs = []
-    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-        runs.append({r["iter"]: r["loss"] for r in rows if "loss" in r})
-    return runs
+    return [{row["iter"]: row["loss"] for row in run} for run in logged_runs(work_dir)]

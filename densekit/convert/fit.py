@@ -208,6 +208,8 @@ def misfit_error(model_name: str, unexpected: list[str], missing: list[str], mis
 def misfit_hints(model_name: str, unexpected: list[str], missing: list[str], mismatched: list[str],
                  target_keys: list[str]) -> list[str]:
     """Known causes of a misfit (a config that does not match the checkpoint), and their fix."""
+    # Mutation testing leaves split(None) and split(<another separator>) alive here: equivalent, since keys hold no
+    # whitespace and architecture() matches key prefixes, which a trailing " (shape)" does not change.
     found = architecture(item.split(" ")[0] for item in unexpected)
     if found is not None and found[1] != model_name:  # the other hints would only be symptoms of it
         return [f"this is a {found[0]} checkpoint ({found[1]}) but the config builds {model_name}: "

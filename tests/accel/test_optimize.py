@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
+from helpers.demo import tiny_demo_config
 from mmengine.config import Config
 from tiny_train import make_tiny_data
 
 from densekit import accel
 from densekit.accel import SWAPS, fused_linear, is_optimized, optimize, register, restore
 from densekit.accel.swin import FastPatchEmbed
-from densekit.engine.demo import DEMO_CONFIG, load_demo_config
+from densekit.engine.demo import DEMO_CONFIG
 from densekit.engine.runner import train
 from densekit.inference.api import init_model
 from densekit.layers.window_attention import WindowAttention
@@ -83,10 +84,7 @@ def test_init_model_optimizes_cpu_models_by_default(accel_arg, expected):
 
 
 def _demo_run(root, work_dir, accel_key: bool | None) -> Config:
-    cfg = load_demo_config(DEMO_CONFIG, work_dir=str(work_dir), data_root=str(root), max_iters=2, val_interval=2,
-                           crop_size=64, batch_size=2, dataset=dict(num_train=8, num_val=2, size=(64, 64)))
-    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
-        loader.num_workers, loader.persistent_workers = 0, False
+    cfg = tiny_demo_config(root, num_train=8, work_dir=work_dir)
     cfg.val_dataloader.batch_size = cfg.test_dataloader.batch_size = 1
     cfg.log_level = "WARNING"
     if accel_key is None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import socket
 
 import pytest
 import timm
@@ -25,16 +24,6 @@ SHAPE_CASES = [pytest.param(n, s, id=f"{n}-{s[0]}x{s[1]}") for n in MODELS for s
 def _backbone(name: str) -> TimmBackbone:
     """An eval-mode backbone shared by the size cases of one model (building takes up to seconds)."""
     return TimmBackbone(name).eval()
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to open a connection, so a hub or URL fallback cannot pass unnoticed."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.mark.parametrize(("name", "size"), SHAPE_CASES)

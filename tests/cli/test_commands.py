@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.demo import tiny_demo_config
 
 from densekit import cli as commands
 from densekit.cli import COMMANDS, Command
@@ -104,13 +105,7 @@ def test_return_codes_pass_through(monkeypatch):
 def test_train_prints_progress_and_a_final_summary(tmp_path):
     """``densekit train`` on a 2-iteration demo run: mmengine's LoggerHook line (iteration, lr, ETA, time,
     losses) per iteration, then the summary table with the work dir, checkpoint and validation metrics."""
-    from densekit.engine.demo import DEMO_CONFIG, load_demo_config
-
-    cfg = load_demo_config(DEMO_CONFIG, data_root=str(tmp_path / "data"), max_iters=2, val_interval=2,
-                           crop_size=64, batch_size=2, dataset=dict(num_train=4, num_val=2, size=(64, 64)))
-    for loader in (cfg.train_dataloader, cfg.val_dataloader):
-        loader.num_workers, loader.persistent_workers = 0, False
-    cfg.default_hooks.logger.interval = 1
+    cfg = tiny_demo_config(tmp_path / "data", log_every_iter=True)
     config, work_dir = tmp_path / "tiny_demo.py", tmp_path / "work"
     cfg.dump(str(config))
     proc = _run("-m", "densekit", "train", config, "--work-dir", work_dir, timeout=600)

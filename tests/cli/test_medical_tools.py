@@ -11,12 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.paths import ROOT as REPO
+from helpers.paths import SHARED_DATA
 from mmengine.config import Config
 
 from densekit.apis import train
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "medical"
+DATA = SHARED_DATA / "medical"
 IMAGE, LABEL = DATA / "mr_crop.nii.gz", DATA / "mr_crop_label.nii.gz"
 SIZE = (64, 64)
 ITERS = 40

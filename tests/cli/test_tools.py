@@ -3,7 +3,6 @@ model is built, and ``tools/train.py --resume`` continuing from the last checkpo
 ``weights_only``)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -11,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.demo import logged_runs, tiny_demo_config
 from mmengine.config import Config
 
 from densekit.cli.common import run_tool
 from densekit.engine.config_check import ConfigError
 from densekit.engine.data_check import check_datasets
-from densekit.engine.demo import DEMO_CONFIG, load_demo_config
+from densekit.engine.demo import load_demo_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,23 +114,9 @@ def test_train_with_a_missing_config_says_so(tmp_path):
 
 # ----------------------------------------------------------------------------------- --resume
 def _tiny_config_file(tmp_path: Path) -> Path:
-    cfg = load_demo_config(DEMO_CONFIG, data_root=str(tmp_path / "data"), max_iters=2, val_interval=2,
-                           crop_size=64, batch_size=2, dataset=dict(num_train=4, num_val=2, size=(64, 64)))
-    for loader in (cfg.train_dataloader, cfg.val_dataloader):
-        loader.num_workers, loader.persistent_workers = 0, False
-    cfg.default_hooks.logger.interval = 1
     path = tmp_path / "tiny_demo.py"
-    cfg.dump(str(path))
+    tiny_demo_config(tmp_path / "data", log_every_iter=True).dump(str(path))
     return path
-
-
-def _logged_iters(work_dir: Path) -> list[list[int]]:
-    """Training iterations logged by each run in ``work_dir``, oldest run first."""
-    runs = []
-    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-        runs.append([r["iter"] for r in rows if "loss" in r])
-    return runs
 
 
 def test_train_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -145,7 +131,8 @@ def test_train_resume_continues_from_the_last_checkpoint(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "resumed epoch: 0, iter: 2" in log, log[-3000:]
-    assert _logged_iters(work_dir) == [[1, 2], [3, 4]]  # the second run started where the first stopped
+    logged_iters = [[row["iter"] for row in run] for run in logged_runs(work_dir)]
+    assert logged_iters == [[1, 2], [3, 4]]  # the second run started where the first stopped
     ckpt = torch.load(work_dir / "iter_4.pth", map_location="cpu", weights_only=False)
     assert ckpt["meta"]["iter"] == 4 and "optimizer" in ckpt and "message_hub" in ckpt
 
@@ -156,7 +143,6 @@ def test_test_tta_overlays_and_infer_on_images(tmp_path):
     import cv2
 
     from densekit.apis import build_model
-    from densekit.engine.demo import load_demo_config
 
     cfg = load_demo_config(work_dir=str(tmp_path / "work"), data_root=str(tmp_path / "data"), crop_size=64,
                            dataset=dict(num_train=2, num_val=2, size=(64, 80), seed=0))

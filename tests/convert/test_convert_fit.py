@@ -135,3 +135,63 @@ def test_every_loader_goes_through_the_one_fit(fit_calls):
     assert len(fit_calls) == 4
     assert fit_calls[0] is BACKBONE_POLICY and fit_calls[3] is SWIN_UNET_IMAGENET_POLICY
     assert fit_calls[2] == swin_unet_policy()
+
+
+# ------------------------------------------------------------------------------ the misfit message
+def test_misfit_error_lists_each_kind_with_its_first_keys_then_the_hints():
+    """The whole message, word for word: the kinds in order, 8 keys each then the count left, one hint per cause."""
+    from densekit.convert.fit import misfit_error
+
+    unexpected = [f"backbone.stages.{i}.w" for i in range(10)] + ["backbone.out_norms.0.weight (2,)"]
+    missing = ["decode_head.x"]
+    mismatched = ["decode_head.conv_seg.weight: checkpoint (5,), model (7,)",
+                  "rpn_head.rpn_cls.weight: checkpoint (3,), model (9,)"]
+    message = str(misfit_error("EncoderDecoder", unexpected, missing, mismatched, ["backbone.a"]))
+    assert message == (
+        "checkpoint does not fit the EncoderDecoder:\n"
+        "  11 unexpected keys (no such parameter in the model): "
+        + "; ".join(unexpected[:8]) + "; ... (+3)\n"
+        "  1 missing keys (model parameters the checkpoint lacks): decode_head.x\n"
+        "  2 shape mismatches densekit cannot resize: " + "; ".join(mismatched) + "\n"
+        "  hint: the checkpoint normalises every backbone output (HF hidden_states_norms, mmseg norm0..3): "
+        "set out_norm=True in the config's backbone\n"
+        "  hint: the RPN head's anchors per location differ: set the anchor generator's scales and ratios to the "
+        "checkpoint's (mmdet and torchvision: scales=[8], ratios=[0.5, 1.0, 2.0])\n"
+        "  hint: the classifier (conv_seg) differs in size: set num_classes to the checkpoint's\n"
+        "  hint: many backbone keys differ: weights of another variant (e.g. swin_s into swin_t)? is the config's "
+        "backbone the checkpoint's?")
+    exactly_the_limit = [f"k{i}" for i in range(8)]  # all shown, no "... (+0)"
+    assert str(misfit_error("RPN", exactly_the_limit, [], [], [])) == (
+        "checkpoint does not fit the RPN:\n  8 unexpected keys (no such parameter in the model): " + "; ".join(
+            exactly_the_limit))
+
+
+def test_misfit_hints_name_only_the_causes_present():
+    from densekit.convert.fit import misfit_hints
+
+    norms = ["backbone.out_norms.0.weight"]
+    assert misfit_hints("EncoderDecoder", [], [], [], ["backbone.a"]) == []
+    assert misfit_hints("EncoderDecoder", [], [], [], norms) == []  # has norms, none missing: nothing to say
+    assert misfit_hints("EncoderDecoder", norms, [], [], norms) == []  # the model has them too
+    assert misfit_hints("EncoderDecoder", [], norms, [], norms) == [
+        "the checkpoint has no per-stage output norms: set out_norm=False in the config's backbone"]
+    assert misfit_hints("EncoderDecoder", [], norms, [], ["backbone.a"]) == []
+    assert misfit_hints("RPN", [], [], ["rpn_head.rpn_reg.weight: checkpoint (3,)"], []) == [misfit_hints(
+        "RPN", [], [], ["x.rpn_cls.w"], [])[0]] and len(misfit_hints("RPN", [], [], ["x.rpn_reg.w"], [])) == 1
+    assert misfit_hints("EncoderDecoder", [], ["backbone.a", "stages.b", "backbone.c"],
+                        ["backbone.d", "backbone.e"], []) == []  # 3 backbone keys differ, mismatches not counted
+    assert len(misfit_hints("EncoderDecoder", ["backbone.a", "stages.b"], ["backbone.c", "backbone.d", "x.e"],
+                            [], [])) == 0  # 4 is not many
+    assert len(misfit_hints("EncoderDecoder", ["backbone.a", "stages.b", "backbone.f"],
+                            ["backbone.c", "backbone.d"], [], [])) == 1  # 5 is
+
+
+def test_a_checkpoint_of_another_architecture_gets_that_hint_alone():
+    from densekit.convert.fit import misfit_hints
+
+    unexpected = ["decode_head.expand.0.weight (4, 4)", "backbone.out_norms.0.weight"] + [f"backbone.{i}" for i in
+                                                                                           range(6)]
+    assert misfit_hints("EncoderDecoder", unexpected, [], ["decode_head.conv_seg.weight"], []) == [
+        "this is a Swin-Unet checkpoint (SwinUnet) but the config builds EncoderDecoder: use a Swin-Unet config "
+        "(configs/*.py) or a checkpoint of this model"]
+    assert misfit_hints("SwinUnet", ["decode_head.expand.0.weight (4, 4)"], [], [], []) == []

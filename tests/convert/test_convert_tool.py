@@ -1,7 +1,6 @@
 """tools/convert.py end to end, and verification against timm after changing window and channels."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers.tools import load_tool
 
 import densekit
 from densekit.convert.timm import timm_to_densekit
@@ -39,14 +39,6 @@ def test_tool_converts_and_verifies(timm_state_dict, tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
     expected, _ = timm_to_densekit(timm_state_dict)
     assert all(torch.equal(loaded[k], v) for k, v in expected.items())
-
-
-def load_tool():
-    """tools/convert.py as a module, to call ``main`` in-process (cheaper than a subprocess)."""
-    spec = importlib.util.spec_from_file_location("densekit_tool_convert", REPO / "tools" / "convert.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tool_reports_a_missing_source(tmp_path, capsys):

@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.paths import SHARED_DATA
 
 from densekit.datasets import ADE20K_CLASSES, ADE20K_PALETTE, ADE20KDataset, SegDataset, default_palette
 from densekit.registry import DATASETS
 from densekit.structures import SegDataSample
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
 
 

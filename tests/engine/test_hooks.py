@@ -5,9 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.dataset import BaseDataset
-from mmengine.model import BaseModel
+from helpers.toy_runs import nan_loss_config
 from torch import nn
 
 from densekit.accel import fused_linear, is_optimized
@@ -15,59 +13,17 @@ from densekit.apis import build_runner, train
 from densekit.engine.config_check import ConfigError
 from densekit.engine.hooks import AccelHook, NonFiniteLossError
 from densekit.layers.conv import ConvModule
-from densekit.registry import DATASETS, MODELS
-
-
-@MODELS.register_module(name="_NaNAtIterToy", force=True)
-class NaNAtIterToy(BaseModel):
-    """A linear regressor whose ``loss_ce`` is NaN at training call ``nan_at`` (1-based)."""
-
-    def __init__(self, nan_at: int) -> None:
-        super().__init__()
-        self.nan_at, self.calls = nan_at, 0
-        self.linear = nn.Linear(2, 1)
-
-    def forward(self, inputs, data_samples=None, mode: str = "loss", **meta):
-        x = torch.stack(inputs)
-        loss = self.linear(x).pow(2).mean()
-        if mode != "loss":
-            return [loss]
-        self.calls += 1
-        return dict(loss_ce=loss * float("nan") if self.calls == self.nan_at else loss, loss_aux=0.1 * loss)
-
-
-@DATASETS.register_module(name="_ToyVectors", force=True)
-class ToyVectors(BaseDataset):
-    def __init__(self) -> None:
-        super().__init__(serialize_data=False, lazy_init=False)
-
-    def load_data_list(self) -> list[dict]:
-        return [dict(inputs=torch.full((2,), float(i))) for i in range(8)]
-
-
-def _config(nan_at: int) -> Config:
-    return Config(dict(
-        default_scope="densekit",
-        model=dict(type="_NaNAtIterToy", nan_at=nan_at),
-        train_dataloader=dict(dataset=dict(type="_ToyVectors"), batch_size=2, num_workers=0,
-                              sampler=dict(type="InfiniteSampler", shuffle=False)),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=8),
-        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2),
-                           logger=dict(type="LoggerHook", interval=2)),
-        log_level="WARNING",
-    ))
 
 
 def test_build_runner_adds_the_hook_once(tmp_path):
-    runner = build_runner(_config(nan_at=100), work_dir=str(tmp_path))
+    runner = build_runner(nan_loss_config(nan_at=100), work_dir=str(tmp_path))
     names = [type(h).__name__ for h in runner.hooks]
     assert names.count("NonFiniteLossHook") == 1
     assert names.index("NonFiniteLossHook") < names.index("CheckpointHook")  # checks before anything is saved
 
 
 def test_cpu_training_logs_show_resident_memory(tmp_path):
-    runner = train(_config(nan_at=100), work_dir=str(tmp_path))
+    runner = train(nan_loss_config(nan_at=100), work_dir=str(tmp_path))
     if torch.cuda.is_available():
         pytest.skip("CpuMemoryHook is added to runs without CUDA")
     rss = runner.message_hub.get_scalar("train/rss_mb").current()
@@ -95,7 +51,7 @@ def test_accel_hook_optimizes_the_unwrapped_model_before_the_run():
 @pytest.mark.parametrize(("key", "argument", "added"), [(None, None, False), (True, None, True), (False, None, False),
                                                          (True, False, False), (None, True, True)])
 def test_build_runner_adds_the_accel_hook_when_asked(tmp_path, key, argument, added):
-    cfg = _config(nan_at=100)
+    cfg = nan_loss_config(nan_at=100)
     if key is not None:
         cfg.accel = key
     runner = build_runner(cfg, work_dir=str(tmp_path), accel=argument)
@@ -103,7 +59,7 @@ def test_build_runner_adds_the_accel_hook_when_asked(tmp_path, key, argument, ad
 
 
 def test_accel_key_must_be_a_bool(tmp_path):
-    cfg = _config(nan_at=100)
+    cfg = nan_loss_config(nan_at=100)
     cfg.accel = "yes"
     with pytest.raises(ConfigError, match="'accel' must be True or False, got 'yes'"):
         build_runner(cfg, work_dir=str(tmp_path))
@@ -112,7 +68,7 @@ def test_accel_key_must_be_a_bool(tmp_path):
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"iteration 5: loss_ce=nan\. .*last good checkpoint is "
                                                  r".*iter_4\.pth"):
-        train(_config(nan_at=5), work_dir=str(tmp_path))
+        train(nan_loss_config(nan_at=5), work_dir=str(tmp_path))
     assert sorted(p.name for p in tmp_path.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]
     assert (tmp_path / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
     state = torch.load(tmp_path / "iter_4.pth", map_location="cpu", weights_only=False)["state_dict"]

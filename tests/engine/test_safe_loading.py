@@ -3,13 +3,12 @@ unless unsafe_load=True; pretrained=True never reaches the network; a checkpoint
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.toy_runs import nan_loss_config
 from mmengine.runner.checkpoint import _load_checkpoint
-from test_hooks import _config
 
 from densekit.apis import build_model, init_model, load_config, safe_loading, train
 from densekit.backbones import SwinTransformer, create_backbone
@@ -99,21 +98,7 @@ def test_resume_refuses_an_unsafe_latest_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "meta": {"note": Evil()}}, evil)
     (tmp_path / "last_checkpoint").write_text(str(evil))
     with pytest.raises(CheckpointError, match=rf"latest checkpoint in {tmp_path}: it pickles \S*Evil.*--unsafe-load"):
-        train(_config(nan_at=100), work_dir=str(tmp_path), resume=True)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
+        train(nan_loss_config(nan_at=100), work_dir=str(tmp_path), resume=True)
 
 
 @pytest.mark.parametrize("build, expected", [

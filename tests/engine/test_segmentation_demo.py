@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers.demo import tiny_demo_config
 
 from densekit.engine.demo import DEMO_CONFIG, load_demo_config, run_segmentation_demo
 from densekit.visualization import comparison_panel, plot_training_curves, read_scalars
@@ -81,17 +82,9 @@ def test_load_demo_config_changes_knobs_consistently(tmp_path):
     assert default.train_cfg.max_iters % default.train_cfg.val_interval == 0
 
 
-def _tiny_demo_cfg(tmp_path: Path):
-    cfg = load_demo_config(DEMO_CONFIG, data_root=str(tmp_path / "data"), max_iters=2, val_interval=2,
-                           crop_size=64, batch_size=2, dataset=dict(num_train=4, num_val=2, size=(64, 64)))
-    for loader in (cfg.train_dataloader, cfg.val_dataloader):
-        loader.num_workers, loader.persistent_workers = 0, False  # no worker processes to start
-    return cfg
-
-
 def test_demo_runs_end_to_end_twice(tmp_path, capsys):
     work_dir = tmp_path / "work"
-    result = run_segmentation_demo(_tiny_demo_cfg(tmp_path), work_dir=work_dir, num_panels=2)
+    result = run_segmentation_demo(tiny_demo_config(tmp_path / "data"), work_dir=work_dir, num_panels=2)
     assert result["iters"] == 2 and 0 <= result["miou"] <= 1
     assert result["curves"] == work_dir / "curves.png" and cv2.imread(str(result["curves"])) is not None
     assert len(result["panels"]) == 2
@@ -102,7 +95,7 @@ def test_demo_runs_end_to_end_twice(tmp_path, capsys):
     assert "validation mIoU" in out and str(work_dir / "curves.png") in out
     assert "next:  densekit infer upernet_swin_t_demo " in out  # a command an installed package has too
     time.sleep(1.1)  # mmengine names a run's log folder and instances after the second it starts
-    again = run_segmentation_demo(_tiny_demo_cfg(tmp_path), work_dir=work_dir, num_panels=2)
+    again = run_segmentation_demo(tiny_demo_config(tmp_path / "data"), work_dir=work_dir, num_panels=2)
     assert again["log_dir"] != result["log_dir"] and again["checkpoint"].is_file()
 
 

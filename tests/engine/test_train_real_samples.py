@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.paths import SHARED_DATA
 from mmengine.config import Config
 
 from densekit.apis import train
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 SETS = ("potsdam", "vaihingen")
 CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
 CROP = (256, 256)

@@ -7,13 +7,14 @@ whose norms and BatchNorm statistics are moved off their initial values; logits 
 """
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.tools import load_tool
+from hf_upernet_reference import hf_upernet, randomize
 from safetensors.torch import save_file
 from swin2mmseg_reference import swin2mmseg
 from swin_unet_reference import T_BACKBONE
@@ -61,27 +62,6 @@ def write_config(path: Path, backbone: str = SWIN, num_classes: int = 5, aux: bo
     return path
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """BatchNorm statistics and affines, LayerNorms, bias tables and layer scales off their initial values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.num_features, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=gen))
-            if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
-        for name, param in model.named_parameters():
-            if "layer_scale" in name or name.endswith("gamma"):
-                param.copy_(0.5 + 0.5 * torch.rand(param.shape, generator=gen))
-            elif "relative_position_bias_table" in name:
-                param.copy_(0.5 * torch.randn(param.shape, generator=gen))
-            elif name.endswith(("classifier.weight", "conv_seg.weight")):  # std 0.01-0.02 inits: tiny logits
-                param.copy_(0.5 * torch.randn(param.shape, generator=gen))
-    return model
-
-
 def fresh(config: Path) -> nn.Module:
     """The config's model as ``init_model`` builds it for a checkpoint (backbone ``pretrained`` skipped)."""
     return build_model(load_config(str(config)), pretrained=False).eval()
@@ -106,7 +86,7 @@ def configs(tmp_path_factory):
 def source(configs):
     """A densekit segmentor with random weights: what the mmseg-layout checkpoints are made from."""
     torch.manual_seed(0)
-    return randomize(fresh(configs["swin"]))
+    return randomize(fresh(configs["swin"]), classifier_scale=0.5)
 
 
 # ------------------------------------------------------------------------------ mmseg layout
@@ -186,23 +166,9 @@ def test_densekit_checkpoint_is_loaded_as_is(source, configs, tmp_path):
 
 
 # ------------------------------------------------------------------------------ HuggingFace
-def hf_upernet(kind: str) -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    if kind == "swin":
-        backbone = transformers.SwinConfig(embed_dim=96, depths=list(DEPTHS), num_heads=[3, 6, 12, 24],
-                                           window_size=7, out_features=STAGES)
-    else:
-        backbone = transformers.ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3],
-                                               out_features=STAGES)
-    config = transformers.UperNetConfig(backbone_config=backbone, num_labels=5, hidden_size=32, auxiliary_channels=16,
-                                        auxiliary_in_channels=384, use_auxiliary_head=True,
-                                        id2label=dict(enumerate(CLASSES)))
-    torch.manual_seed(0)
-    return randomize(transformers.UperNetForSemanticSegmentation(config).eval())
-
-
 def _hf_fixture(kind: str) -> tuple[nn.Module, torch.Tensor]:
-    model = hf_upernet(kind)
+    model = hf_upernet(kind, num_labels=5, hidden_size=32, auxiliary_channels=16,
+                       id2label=dict(enumerate(CLASSES)), classifier_scale=0.5)
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model.decode_head(model.backbone(x).feature_maps)
@@ -281,14 +247,6 @@ def test_misfits_name_the_keys(source, configs):
 
 
 # ------------------------------------------------------------------------------ the tool
-def load_tool():
-    """tools/convert.py as a module, to call ``main`` in-process (cheaper than a subprocess)."""
-    spec = importlib.util.spec_from_file_location("densekit_tool_convert", REPO / "tools" / "convert.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_converts_a_whole_segmentor(hf_swin, configs, tmp_path, capsys):
     model = hf_swin[0]
     src, dst = tmp_path / "upernet.pth", tmp_path / "out" / "upernet_densekit.pth"

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.paths import ROOT, SHARED_DATA
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
 from densekit.registry import MODELS
 from densekit.structures import DetDataSample
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 VOC = DATA / "det" / "voc"
 R18 = [64, 128, 256, 512]
 
@@ -164,7 +165,7 @@ def test_demo_config_trains_to_ar100_of_one_half(tmp_path):
     (measured on an idle 2-core machine: 93 s for 300 iterations, AR@100 0.568)."""
     from densekit.apis import load_config, train
 
-    cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "rpn_regnetx_002_fpn_demo.py"))
+    cfg = load_config(str(ROOT / "configs" / "rpn_regnetx_002_fpn_demo.py"))
     for loader in ("train_dataloader", "val_dataloader"):
         cfg[loader].dataset.data_root = str(tmp_path / "data")
     cfg.default_hooks.checkpoint = None

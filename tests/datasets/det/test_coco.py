@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.paths import SHARED_DATA
 
 from densekit.datasets import (
     CocoDataset,
@@ -23,7 +24,7 @@ from densekit.datasets.det.transforms import DetPad, DetRandomFlip, DetResize, L
 from densekit.registry import DATASETS
 
 pytest.importorskip("pycocotools")
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+SHARED = SHARED_DATA
 VOC = SHARED / "det" / "voc"
 PIPELINE = [dict(type="LoadImageFromFile"), dict(type="LoadDetAnnotations"), dict(type="PackDetInputs")]
 

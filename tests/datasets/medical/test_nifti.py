@@ -8,13 +8,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers.paths import SHARED_DATA
 
 from densekit.datasets.medical.io import load_nifti
 from densekit.datasets.medical.nifti import NiftiSliceDataset, read_dataset_json
 from densekit.datasets.medical.transforms import window_intensity
 from densekit.registry import DATASETS
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
 
 
