@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.paths import SHARED_DATA
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -22,7 +23,7 @@ from densekit.registry import MODELS
 from densekit.structures import SegDataSample
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "seg" / "cityscapes"
+DATA = SHARED_DATA / "seg" / "cityscapes"
 ITERS = 12
 CROP = (128, 256)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import SHARED_DATA
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
@@ -18,7 +19,7 @@ import densekit.cli.infer as infer_cli
 from densekit.apis import build_model
 
 REPO = Path(__file__).resolve().parents[2]
-IMAGE = REPO.parent / "shared" / "data" / "medical" / "mr_crop.nii.gz"
+IMAGE = SHARED_DATA / "medical" / "mr_crop.nii.gz"
 SIZE = (64, 64)
 
 pytestmark = pytest.mark.skipif(not IMAGE.is_file(), reason=f"MR sample not found: {IMAGE}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from own_data_folder import make_folder
+from helpers.own_data import make_folder
 
 
 def train(tmp_path: Path, *args: str | Path) -> str:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
+from helpers.own_data import build_folder, have_shared_seg
 from mmengine.config import Config
-from own_data_folder import build_folder, have_shared_seg
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have_shared_seg(), reason="needs ../shared/data/seg (potsdam, vaihingen)")]

@@ -2,12 +2,11 @@
 them, class counts checked against the heads, and a run length override moving the schedule with it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
-from own_data_folder import make_folder
+from helpers.own_data import make_folder
+from helpers.paths import SHARED_DATA
 
 from densekit.datasets.bad_samples import BadSampleError
 from densekit.engine.config import load_config
@@ -125,7 +124,7 @@ def test_an_override_of_the_wrong_kind_names_the_key():
     assert load_config("upernet_swin_t_demo", {"optim_wrapper.optimizer.lr": 1}).optim_wrapper.optimizer.lr == 1
 
 
-MR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medical"
+MR = SHARED_DATA / "medical"
 
 
 @pytest.mark.skipif(not (MR / "mr_crop.nii.gz").is_file(), reason="needs ../shared/data/medical")

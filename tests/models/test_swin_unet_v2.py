@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers.paths import SHARED_DATA
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -30,7 +31,7 @@ from densekit.structures import SegDataSample
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "swin_unet_v2_t_synapse.py"
-MR = REPO.parent / "shared" / "data" / "medical"
+MR = SHARED_DATA / "medical"
 SLIM = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7, drop_path_rate=0.0,
             in_chans=1)
 SIZES = [(224, 224), (256, 256), (320, 448)]

@@ -8,7 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-SHARED_SEG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "seg"
+from .paths import SHARED_DATA
+
+SHARED_SEG = SHARED_DATA / "seg"
 CLASSES = ("impervious", "building", "low_vegetation", "tree", "car", "clutter")
 
 
