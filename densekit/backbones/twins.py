@@ -24,6 +24,8 @@ from timm.models.twins import LocallyGroupedAttn
 from torch import nn
 
 from ..registry import register_backbone
+from .base import local_checkpoint
+from .pretrained import load_twins_pretrained
 from .timm_backbone import TimmBackbone
 
 MMSEG_LN_EPS = 1e-5  # mmcv's build_norm_layer(dict(type='LN')) is a plain nn.LayerNorm
@@ -82,8 +84,10 @@ class TwinsSVT(TimmBackbone):
         model_name: a timm Twins-SVT (``twins_svt_small``, ...).
         norm_after_stage: mmseg's option: a LayerNorm (``norm_list.{i}``, eps 1e-5) on every stage's tokens inside
             the stream (True in all of mmseg's SVT recipes); False runs timm's stream with mmseg's eps and mask.
-        **kwargs: ``TimmBackbone``'s (``pretrained``, ``out_indices``, ``frozen_stages``, ``drop_path_rate``,
-            ``with_cp``, ...) except ``out_norm``, which ``norm_after_stage`` replaces.
+        **kwargs: ``pretrained`` (a local file in mmseg's Twins layout, e.g. its ImageNet ``alt_gvt_small``, or
+            timm's; ``backbones.pretrained.load_twins_pretrained``) and ``TimmBackbone``'s (``out_indices``,
+            ``frozen_stages``, ``drop_path_rate``, ...) except ``out_norm``, which ``norm_after_stage`` replaces,
+            and ``with_cp``, refused.
 
     Shapes:
         input ``(B, 3, H, W)``, any ``H, W``; output ``[(B, C_i, ceil(H / s_i), ceil(W / s_i))]`` per ``out_indices``.
@@ -97,11 +101,15 @@ class TwinsSVT(TimmBackbone):
             raise ValueError("TwinsSVT: with_cp is not supported")
         if "twins_svt" not in model_name:
             raise ValueError(f"TwinsSVT: {model_name!r} is not a timm Twins-SVT (twins_svt_small/base/large)")
+        # Loaded here, not by timm: mmseg's layout (its ImageNet alt_gvt files) converts through convert.twins.
+        pretrained = local_checkpoint(kwargs.pop("pretrained", None), model_name)
         super().__init__(model_name, **kwargs)
         _to_mmseg_attention(self.model)
         self.norm_after_stage = norm_after_stage
         dims = list(self.model.embed_dims)
         self.norm_list = nn.ModuleList(nn.LayerNorm(d, eps=MMSEG_LN_EPS) for d in dims) if norm_after_stage else None
+        if pretrained is not None:
+            load_twins_pretrained(self, pretrained)
         self.freeze()  # again: a frozen stage's norm_list entry is frozen with it
 
     def _frozen_modules(self) -> list[nn.Module]:

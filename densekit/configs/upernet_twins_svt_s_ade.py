@@ -9,13 +9,14 @@
 # locally-grouped attention on grids that are not window multiples and per-stage 'corner' padding, so mmseg's
 # published Twins UPerNet converts (tools/convert.py SRC DST --config configs/upernet_twins_svt_s_ade.py) and runs
 # as in mmseg (tests/convert/test_convert_twins.py).
-# What differs from mmseg: mmseg initialises from its converted ImageNet file (alt_gvt_small, mmseg's layout), which
-# densekit reads only as a whole model or through tools/convert.py; `pretrained` takes timm's twins_svt_small file,
-# whose norm_list entries are absent (unit init) as in any file not trained with norm_after_stage.
+# Pretrained weights as mmseg: its ImageNet alt_gvt_small file (mmseg's layout; head and final norm dropped, norm_list
+# at unit init as in mmseg), or timm's twins_svt_small file.
+# What differs from mmseg: nothing in the model; mmseg trains with 8 GPUs x 2 images, as batch_size below assumes.
 _base_ = ["./upernet_swin_t_ade.py"]
 
 crop_size = (512, 512)
-# ImageNet Twins-SVT-S (timm twins_svt_small layout) as a local file; None = random init.
+# ImageNet Twins-SVT-S as a local file (mmseg's alt_gvt_small_20220308-7e1c3695.pth or timm's twins_svt_small);
+# None = random init.
 pretrained = None
 
 model = dict(

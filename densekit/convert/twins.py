@@ -28,6 +28,8 @@ _BLOCK = r"model.blocks.\1.\2."
 _IN_PROJ = re.compile(_LAYER + r"attn\.attn\.in_proj_(weight|bias)$")
 
 MMSEG_TWINS_TO_DENSEKIT: tuple[Rule, ...] = BUFFER_RULES + (
+    Rule(r"^head\.", None, why="classifier head (ImageNet files)"),
+    Rule(r"^norm\.", None, why="final norm of the classifier: mmseg's SVT never applies it"),
     Rule(r"^patch_embeds\.(\d+)\.projection\.", r"model.patch_embeds.\1.proj.", why="patch embedding"),
     Rule(r"^patch_embeds\.(\d+)\.norm\.", r"model.patch_embeds.\1.norm.", why="patch embedding"),
     Rule(r"^position_encodings\.(\d+)\.proj\.", r"model.pos_block.\1.proj.0.", why="position generator"),

@@ -157,6 +157,24 @@ def test_mmseg_svt_file_gives_mmsegs_outputs(reference, size):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
 
 
+def test_pretrained_reads_mmsegs_imagenet_layout_and_timms(reference, tmp_path):
+    # mmseg's ImageNet alt_gvt files: the SVT keys plus the classifier's head and final norm (dropped, reported).
+    mm = {**reference.state_dict(), "head.weight": torch.zeros(1000, 512), "head.bias": torch.zeros(1000),
+          "norm.weight": torch.ones(512), "norm.bias": torch.zeros(512)}
+    torch.save({"state_dict": mm}, tmp_path / "alt_gvt_small.pth")
+    model = densekit.create_backbone("twins_svt_s", pretrained=str(tmp_path / "alt_gvt_small.pth")).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for g, r in zip(model(x), reference(x)):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
+    # timm's layout: moved under model.; no norm_list in an ImageNet file, so those stay at unit init.
+    timm_sd = {k[len("model."):]: v + 0.01 for k, v in model.state_dict().items() if k.startswith("model.")}
+    torch.save(timm_sd, tmp_path / "twins_svt_small.pth")
+    other = densekit.create_backbone("twins_svt_s", pretrained=str(tmp_path / "twins_svt_small.pth"))
+    assert torch.equal(other.model.blocks[2][3].attn.kv.weight, timm_sd["blocks.2.3.attn.kv.weight"])
+    assert torch.equal(other.norm_list[1].weight, torch.ones(128))
+
+
 def test_timm_stream_without_mmsegs_norms_differs(reference):
     # The agreement above is not trivial: without the in-stream stage norms the outputs move.
     model = _converted_backbone(reference)
