@@ -6,7 +6,7 @@ import difflib
 from torch import nn
 
 from ..registry import get_backbone_builder, list_backbones
-from . import swin, swin_v2, vit  # noqa: F401  (register swin_t/s/b/l, swinv2_t/s/b/l, vit_s/b/l)
+from . import swin, swin_v2, twins, vit  # noqa: F401  (register swin_t/s/b/l, swinv2_t/s/b/l, twins_svt_s/b/l, vit_s/b/l)
 from .base import Backbone, local_checkpoint
 from .swin import SwinTransformer
 from .swin_v2 import SwinTransformerV2

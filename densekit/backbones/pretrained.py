@@ -36,6 +36,7 @@ from ..convert.rules import StateDict
 from ..convert.swin import convert_swin
 from ..convert.swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet, imagenet_to_swin_unet
 from ..convert.swin_v2 import convert_swin_v2, detect_v2_layout
+from ..convert.twins import is_mmseg_twins, mmseg_twins_to_densekit
 from ..convert.v2_windows import windows_from_meta, windows_from_name
 from ..convert.vit import convert_vit, detect_vit_layout
 
@@ -228,6 +229,39 @@ def load_vit_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mappin
     report.kind = "backbone"
     _fit_and_load(model, converted, report, vit_policy(len(model.model.blocks)), source, "bicubic",
                   model.pretrain_grid, progress)
+    if verbose:
+        _log(report)
+    return report
+
+
+# --------------------------------------------------------------------------------------------- Twins-SVT
+TWINS_POLICY = FitPolicy(
+    may_drop=(Allowance(r"^model\.(norm|head)\.", "classifier head / final norm: not run by a backbone"),),
+    may_miss=(Allowance(r"^norm_list\.", "norm_after_stage norms: ImageNet files lack them (unit init)"),)
+    + BACKBONE_POLICY.may_miss,
+)
+
+
+def load_twins_pretrained(model: nn.Module, checkpoint: str | os.PathLike | Mapping, verbose: bool = True,
+                          progress: bool = True) -> LoadReport:
+    """Load a Twins-SVT checkpoint into a densekit ``TwinsSVT``: mmseg's layout (its ImageNet ``alt_gvt_*`` files
+    and its UPerNets' ``backbone.*``, through ``convert.twins``) or timm's (``twins_svt_*``, moved under ``model.``).
+
+    Raises:
+        CheckpointError: unexpected keys or shapes, named with the file.
+    """
+    obj, source = _read(checkpoint)
+    try:
+        state_dict = unwrap(obj)
+        if is_mmseg_twins(list(state_dict)):
+            converted, report = mmseg_twins_to_densekit(state_dict)
+        else:
+            converted = {"model." + key: value for key, value in state_dict.items()}
+            report = LoadReport(layout="timm", renamed=[(key[len("model."):], key) for key in converted])
+    except CheckpointError as error:
+        raise CheckpointError(f"{source or 'checkpoint'}: {error}") from error
+    report.kind = "backbone"
+    _fit_and_load(model, converted, report, TWINS_POLICY, source, "bicubic", None, progress)
     if verbose:
         _log(report)
     return report

@@ -4,8 +4,8 @@
 #   python tools/train.py configs/rpn_vit_b_sfp_coco.py
 # The pyramid is built from the last block alone (ViTDet): deconvs / max-pool to strides 4..32, LayerNorm'd 1x1 and
 # 3x3 convs, and a stride-64 level by max-pool (ViTDet's LastLevelMaxPool), the five levels the RPN anchors need.
-# ViTDet trains with AdamW (lr 1e-4, weight decay 0.1) and a layer-wise lr decay of 0.7; densekit has no such
-# decay yet: plain AdamW, no weight decay on the position embedding, class token, norms and biases.
+# ViTDet trains with AdamW (lr 1e-4, weight decay 0.1) and a layer-wise lr decay of 0.7; this recipe keeps the
+# RPN's plain AdamW, no weight decay on the position embedding, class token, norms and biases.
 _base_ = ["./rpn_r50_fpn_1x_coco.py"]
 
 # ViT-B/16 weights (official MAE, timm, ...; a local file); None = random init.

@@ -3,7 +3,7 @@
 #   python tools/train.py configs/upernet_dinov2_vit_s_ade.py
 # The ViT keeps DINOv2's 37x37 position grid (img_size 518); a 512 crop is padded to 518 inside the backbone (whole
 # 14-pixel patches), giving 37x37 maps at stride 14; Feature2Pyramid makes strides 3.5, 7, 14 and 28 of them.
-# Plain AdamW at lr 1e-4 (no layer-wise lr decay in densekit yet).
+# Plain AdamW at lr 1e-4, no layer-wise lr decay (no published DINOv2 recipe to take a rate from).
 _base_ = ["./upernet_swin_t_ade.py"]
 
 crop_size = (512, 512)

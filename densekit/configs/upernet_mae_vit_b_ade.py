@@ -8,9 +8,6 @@
 #   LayerScale (init 1.0). densekit's is the plain ViT that MAE pretrained (timm's: absolute position embedding,
 #   q/k/v bias, no LayerScale), so MAE's official file loads with nothing left at random. mmseg's fine-tuned
 #   MAE-UPerNet checkpoint (learned bias tables) is refused by name, not approximated.
-# - mmseg trains with a layer-wise lr decay of 0.65 (its LayerDecayOptimizerConstructor, num_layers 12); densekit
-#   has no such constructor yet, so this file uses plain AdamW (every layer lr 1e-4; no weight decay on position
-#   embedding, class token, norms and biases).
 # - mmseg uses AmpOptimWrapper (fp16); this file keeps OptimWrapper so it runs on CPU: pass --amp on a GPU.
 _base_ = ["./upernet_swin_t_ade.py"]
 
@@ -28,12 +25,14 @@ model = dict(
     test_cfg=dict(mode="slide", crop_size=crop_size, stride=(341, 341)),
 )
 
+# mmseg's lr decay: layer id 0 for patch embedding, class token and position embedding, block i -> i + 1, the
+# rest (neck, heads) the top; lr = 1e-4 * 0.65 ** (13 - layer id); no weight decay on 1-D parameters and biases.
 optim_wrapper = dict(
     _delete_=True,
     type="OptimWrapper",
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
-                       custom_keys={"pos_embed": dict(decay_mult=0.0), "cls_token": dict(decay_mult=0.0)}),
+    constructor="LayerDecayOptimizerConstructor",
+    paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.65),
 )
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),

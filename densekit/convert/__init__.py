@@ -7,7 +7,7 @@ Nothing here imports a densekit model, config or engine; whoever loads a file in
     detect.py      which layout a state dict is in, for every source
     rules.py       Rule, apply_rules and the shared rows (buffers, heads); one table per source:
                    official_swin.py, timm.py, mmseg.py, hf.py, torchvision.py, mmdet.py, swin_unet.py,
-                   convnext.py (mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets)
+                   convnext.py (mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets), twins.py (mmseg's Twins-SVT)
     swin.py        a Swin backbone in any layout -> densekit keys (convert_swin)
     swin_v2.py     a Swin V2 backbone (official, timm, HF, mmpretrain, SimMIM, densekit) -> densekit keys
     simmim.py      SimMIM pretraining files: the encoder under ``encoder.``; mask token and decoder dropped

@@ -98,6 +98,8 @@ def detect_segmentor_layout(state_dict: Tensors) -> str:
         return "hf"
     if any(key.startswith("backbone.downsample_layers.") for key in keys):
         return "mmseg"  # an mmseg ConvNeXt UPerNet (mmpretrain's ConvNeXt: convert.convnext)
+    if any(key.startswith("backbone.position_encodings.") for key in keys):
+        return "mmseg"  # an mmseg Twins UPerNet (convert.twins)
     own = _own_backbone(part(state_dict, "backbone."))
     if own is not None:  # a Swin V2 backbone: densekit's own keys, or an mmseg-style model around another layout
         return "densekit" if own else "mmseg"

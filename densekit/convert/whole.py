@@ -37,6 +37,7 @@ from .swin import convert_swin
 from .swin_unet import SWIN_UNET_PREFIXES, convert_swin_unet
 from .swin_v2 import convert_swin_v2, detect_v2_layout
 from .torchvision import torchvision_to_densekit
+from .twins import is_mmseg_twins, mmseg_twins_to_densekit
 from .vit import convert_vit, detect_vit_layout
 
 BACKBONES = ("swin", "swinv2", "timm", "vit")
@@ -62,7 +63,8 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     Args:
         state_dict: the whole model's tensors; only ``backbone.*`` is read.
         backbone: ``'swin'`` (any Swin layout, ``convert_swin``) or ``'timm'`` (keys kept, buffers dropped; an
-            mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets, through ``convnext.mmpretrain_convnext_to_timm``).
+            mmpretrain ConvNeXt, mmseg's ConvNeXt UPerNets, through ``convnext.mmpretrain_convnext_to_timm``; mmseg's
+            Twins-SVT UPerNets through ``twins.mmseg_twins_to_densekit``).
         report: gains ``backbone_layout`` and the backbone's renames, permutations and drops.
 
     Raises:
@@ -73,11 +75,13 @@ def convert_backbone_part(state_dict: Tensors, backbone: str, report: LoadReport
     tensors = part(state_dict, "backbone.")
     if backbone == "vit":
         return _convert_vit_part(tensors, report)
-    if backbone == "timm" and is_mmpretrain_convnext(list(tensors)):
-        converted, convnext = mmpretrain_convnext_to_timm(tensors)
-        report.backbone_layout = convnext.layout
-        _absorb(report, convnext, "backbone.")
-        return with_prefix(converted, "backbone.")
+    for is_layout, convert in ((is_mmpretrain_convnext, mmpretrain_convnext_to_timm),
+                               (is_mmseg_twins, mmseg_twins_to_densekit)):
+        if backbone == "timm" and is_layout(list(tensors)):
+            converted, other = convert(tensors)
+            report.backbone_layout = other.layout
+            _absorb(report, other, "backbone.")
+            return with_prefix(converted, "backbone.")
     if backbone == "timm":
         kept, rules = apply_rules(tensors, BUFFER_RULES)
         report.backbone_layout = "densekit"

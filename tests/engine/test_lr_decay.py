@@ -206,3 +206,34 @@ def test_config_check_refuses_bad_paramwise_keys_by_name():
                                       optimizer=dict(type="AdamW", lr=1e-4)))
         with pytest.raises(ConfigError, match=r"optim_wrapper\.paramwise_cfg.*(custom_keys|decay_rate)"):
             check_config(cfg)
+
+
+def test_mae_config_builds_mmsegs_layer_decay_parameter_by_parameter():
+    # mmseg's mae-base_upernet recipe: LayerDecayOptimizerConstructor, num_layers 12, layer_decay_rate 0.65, on
+    # the real config's model (ViTBackbone: timm's ViT under backbone.model., Feature2Pyramid, UPerNet heads).
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    from densekit.engine.config_check import check_config
+    from densekit.registry import MODELS
+
+    cfg = Config.fromfile(str(Path(__file__).resolve().parents[2] / "configs" / "upernet_mae_vit_b_ade.py"))
+    check_config(cfg)
+    assert cfg.optim_wrapper.constructor == "LayerDecayOptimizerConstructor"
+    assert dict(cfg.optim_wrapper.paramwise_cfg) == dict(num_layers=12, layer_decay_rate=0.65)
+    assert (cfg.optim_wrapper.optimizer.lr, cfg.optim_wrapper.optimizer.weight_decay) == (BASE_LR, BASE_WD)
+    init_default_scope("densekit")
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    got = {n: (g["lr"], g["weight_decay"]) for g in wrapper.optimizer.param_groups for n in g["param_names"]}
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(got) == set(params)
+    for name, param in params.items():
+        assert got[name][0] == pytest.approx(BASE_LR * 0.65 ** (12 + 2 - _vit_layer(name) - 1), rel=1e-12), name
+        assert got[name][1] == _expected_wd(name, param), name
+    assert got["backbone.model.blocks.0.attn.qkv.weight"] == (pytest.approx(BASE_LR * 0.65 ** 12), BASE_WD)
+    assert got["backbone.model.patch_embed.proj.weight"] == (pytest.approx(BASE_LR * 0.65 ** 13), BASE_WD)
+    assert got["backbone.model.pos_embed"] == (pytest.approx(BASE_LR * 0.65 ** 13), BASE_WD)
+    assert got["neck.upsample_4x.0.weight"][0] == pytest.approx(BASE_LR)
+    assert got["decode_head.conv_seg.bias"] == (pytest.approx(BASE_LR), 0.0)
