@@ -53,6 +53,10 @@ class TimmBackbone(Backbone):
         drop_path_rate: stochastic depth rate, passed to timm.
         with_cp: activation checkpointing through timm's ``set_grad_checkpointing``.
         in_chans: input channels ``C``; pretrained stems are adapted by timm (e.g. summed for 1).
+        output_stride: None = timm's own strides (the four levels 4..32). 8 or 16 dilates the model's later stages
+            through timm's ``features_only=True, output_stride=...`` (e.g. mmseg's "d8" MobileNetV3); then
+            ``out_indices`` index *all* of timm's ``feature_info`` levels (MobileNetV3-Large: 0..4 at strides 2, 4,
+            8, 8, 8), as dilated levels share a stride. Models whose timm class does not take it are refused.
         out_norm: a ``LayerNorm2d(C_i, eps=1e-6)`` on each returned map (``out_norms.{i}`` for ``i`` in
             ``out_indices``), as HF's ``ConvNextBackbone`` (``hidden_states_norms``) and mmseg's ConvNeXt
             (``norm0..3``) normalise every stage output; ImageNet checkpoints lack them (unit init).
@@ -73,9 +77,10 @@ class TimmBackbone(Backbone):
         with_cp: bool = False,
         in_chans: int = 3,
         out_norm: bool = False,
+        output_stride: int | None = None,
     ) -> None:
         super().__init__()
-        out_indices = _check_arguments(model_name, out_indices, frozen_stages)
+        out_indices = _check_arguments(model_name, out_indices, frozen_stages, output_stride)
         pretrained = local_checkpoint(pretrained, model_name)  # never timm's pretrained=True (a hub download)
         if pretrained is not None and not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
@@ -84,11 +89,16 @@ class TimmBackbone(Backbone):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
 
-        model, info, self._take = _build_trunk(model_name, pretrained, out_indices, in_chans, drop_path_rate)
+        if output_stride is None:
+            model, info, self._take = _build_trunk(model_name, pretrained, out_indices, in_chans, drop_path_rate)
+        else:
+            model, info, self._take = _build_dilated(model_name, pretrained, out_indices, frozen_stages, in_chans,
+                                                     drop_path_rate, output_stride)
         self.model = model
         self.uses_intermediates = hasattr(model, "forward_intermediates")  # timm's features_only wrappers lack it
         self.out_channels = [info[i]["num_chs"] for i in out_indices]
-        self.strides = [LEVEL_STRIDES[i] for i in out_indices]
+        level_strides = [entry["reduction"] for entry in info]
+        self.strides = [level_strides[i] for i in out_indices]
         self.out_norms = nn.ModuleDict(
             {str(i): LayerNorm2d(c, eps=1e-6) for i, c in zip(out_indices, self.out_channels)}
         ) if out_norm else None
@@ -97,7 +107,7 @@ class TimmBackbone(Backbone):
 
         stage_names = [_resolve_name(model, entry["module"]) for entry in info]
         self._frozen_names = _frozen_names(model, stage_names, frozen_stages)
-        self._pad_to = _pad_multiple(model, stage_names[: out_indices[-1] + 1])
+        self._pad_to = _pad_multiple(model, stage_names[: out_indices[-1] + 1], level_strides)
         self.freeze()
 
     def _frozen_modules(self) -> list[nn.Module]:
@@ -135,12 +145,20 @@ class TimmBackbone(Backbone):
         return feats
 
 
-def _check_arguments(model_name: str, out_indices: tuple[int, ...], frozen_stages: int) -> tuple[int, ...]:
-    """``out_indices`` as a tuple, after checking the model exists and both arguments are in range."""
+def _check_arguments(model_name: str, out_indices: tuple[int, ...], frozen_stages: int,
+                     output_stride: int | None) -> tuple[int, ...]:
+    """``out_indices`` as a tuple, after checking the model exists and the arguments are in range (with
+    ``output_stride``, the level count is only known once built: ``_build_dilated`` checks the ranges)."""
     if not is_timm_model(model_name):
         raise ValueError(f"{model_name!r} is not a timm model")
     out_indices = tuple(out_indices)
     ascending = list(out_indices) == sorted(set(out_indices))
+    if output_stride is not None:
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be None, 8, 16 or 32, got {output_stride!r}")
+        if not out_indices or not ascending or min(out_indices) < 0:
+            raise ValueError(f"out_indices must be ascending, unique and non-negative, got {out_indices}")
+        return out_indices
     if not out_indices or not ascending or not set(out_indices) <= {0, 1, 2, 3}:
         raise ValueError(f"out_indices must be ascending, unique and within 0..3, got {out_indices}")
     if not -1 <= frozen_stages <= len(LEVEL_STRIDES):
@@ -169,6 +187,37 @@ def _build_trunk(model_name: str, pretrained: str | None, out_indices: tuple[int
     if hasattr(model, "prune_intermediate_layers"):
         model.prune_intermediate_layers(take, prune_norm=True, prune_head=True)
     return model, info, take
+
+
+def _build_dilated(model_name: str, pretrained: str | None, out_indices: tuple[int, ...], frozen_stages: int,
+                   in_chans: int, drop_path_rate: float, output_stride: int) -> tuple[nn.Module, list[dict], list[int]]:
+    """timm's ``features_only`` model dilated to ``output_stride``, as ``(model, info, take)`` (see _build_trunk).
+
+    Only timm's feature wrappers take ``output_stride`` for every family that supports it (MobileNetV3's
+    classifier class does not), so the wrapper is built, for all levels first (random init) to read
+    ``feature_info``, then for the wanted ones. timm's ``feature_info`` reductions are the dilated strides
+    (MobileNetV3, ResNet, RegNet, ConvNeXt at output_stride=8: 2, 4, 8, 8, 8); a model that accepts the argument
+    but still reaches another stride is refused rather than reported wrong.
+    """
+    kwargs = dict(in_chans=in_chans, drop_path_rate=drop_path_rate, features_only=True, output_stride=output_stride)
+    try:
+        probe = timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as error:
+        if "output_stride" not in str(error):
+            raise
+        raise ValueError(f"timm model {model_name!r} does not take output_stride (timm: {error})") from None
+    info = [dict(entry) for entry in probe.feature_info.info]
+    reductions = [entry["reduction"] for entry in info]
+    if max(reductions) != output_stride:
+        raise ValueError(f"timm model {model_name!r} ignores output_stride={output_stride} "
+                         f"(feature_info reductions: {reductions})")
+    if out_indices[-1] >= len(info):
+        raise ValueError(f"out_indices must be within 0..{len(info) - 1} for {model_name!r} with output_stride="
+                         f"{output_stride} (strides {reductions}), got {out_indices}")
+    if not -1 <= frozen_stages <= len(info):
+        raise ValueError(f"frozen_stages must be in -1..{len(info)}, got {frozen_stages}")
+    take = list(out_indices)
+    return _create(model_name, pretrained, out_indices=take, **kwargs), info, take
 
 
 def _frozen_names(model: nn.Module, stage_names: list[str], frozen_stages: int) -> list[str]:
@@ -213,7 +262,7 @@ def _level_indices(model: nn.Module, model_name: str) -> list[int]:
     return [reductions.index(s) for s in LEVEL_STRIDES]
 
 
-def _pad_multiple(model: nn.Module, stage_names: list[str]) -> tuple[int, int]:
+def _pad_multiple(model: nn.Module, stage_names: list[str], strides: list[int]) -> tuple[int, int]:
     """Input (height, width) multiple under which ``model`` pads nothing itself.
 
     That is the largest stride kept and, for window attention, stride x window at every stage: timm's
@@ -222,7 +271,7 @@ def _pad_multiple(model: nn.Module, stage_names: list[str]) -> tuple[int, int]:
     and mmseg pad before shifting). For Swin-T (window 7) this is 224.
     """
     multiple = [1, 1]
-    for name, stride in zip(stage_names, LEVEL_STRIDES):
+    for name, stride in zip(stage_names, strides):
         if not name:
             continue
         multiple = [math.lcm(m, stride) for m in multiple]
