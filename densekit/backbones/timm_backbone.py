@@ -196,8 +196,9 @@ def _build_dilated(model_name: str, pretrained: str | None, out_indices: tuple[i
     Only timm's feature wrappers take ``output_stride`` for every family that supports it (MobileNetV3's
     classifier class does not), so the wrapper is built, for all levels first (random init) to read
     ``feature_info``, then for the wanted ones. timm's ``feature_info`` reductions are the dilated strides
-    (MobileNetV3, ResNet, RegNet, ConvNeXt at output_stride=8: 2, 4, 8, 8, 8); a model that accepts the argument
-    but still reaches another stride is refused rather than reported wrong.
+    (checked at output_stride=8: MobileNetV3, ResNet, RegNet 2, 4, 8, 8, 8; ConvNeXt 4, 8, 8, 8), so no probe
+    forward is needed; a model that accepts the argument but still reaches another stride is refused rather
+    than reported wrong.
     """
     kwargs = dict(in_chans=in_chans, drop_path_rate=drop_path_rate, features_only=True, output_stride=output_stride)
     try:
