@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 
 from mmengine.config import Config
 
+from ..datasets.seg.demo import MARKER
 from .config_check import ConfigError
 
 __all__ = ["IMAGE_SUFFIXES", "find_image_suffix", "is_own_folder", "read_classes", "set_num_classes",
@@ -221,8 +222,6 @@ def demo_data_folder(cfg: Config) -> str | None:
     """The ``data_root`` of a ``DemoDataset`` in ``cfg`` that points at a folder of one's own (one of the two
     layouts above, not a generated demo dataset), else None: such a config trains on that folder as if
     ``--data`` named it, rather than refusing to generate the demo data over it."""
-    from ..datasets.seg.demo import MARKER
-
     for loader in LOADERS:
         dataset = (cfg.get(loader) or {}).get("dataset") or {}
         root = dataset.get("data_root")

@@ -24,6 +24,7 @@ from ..convert.fit import fit, whole_model_policy
 from ..convert.io import read_whole_checkpoint
 from ..convert.report import CheckpointError, LoadReport
 from ..convert.whole import convert_model
+from ..models.builder import build_model
 
 
 def backbone_family(model: nn.Module) -> str:
@@ -81,8 +82,6 @@ def check_checkpoint_fits(cfg, checkpoint: str | os.PathLike, unsafe_load: bool 
     Raises:
         FileNotFoundError, CheckpointError: as ``load_model_checkpoint``.
     """
-    from ..models.builder import build_model
-
     return load_model_checkpoint(build_model(cfg, pretrained=False), checkpoint, unsafe_load=unsafe_load)
 
 
