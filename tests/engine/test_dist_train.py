@@ -44,7 +44,8 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
                          exact_split=True)
     double = tiny_config(tmp_path / "double.py", data, max_iters=ITERS, batch_size=2, checkpoint_interval=1,
                          exact_split=True)
-    # The ADE configs ask for nccl; without CUDA densekit must switch to gloo by itself.
+    # The ADE configs ask for nccl; without CUDA densekit must switch to gloo by itself. --verbose: the launcher
+    # and backend lines are in mmengine's environment dump, which goes to the log file only without it.
     double.write_text(double.read_text() + "\nenv_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))\n")
 
     start = time.perf_counter()
@@ -55,7 +56,7 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     start = time.perf_counter()
     two = subprocess.run(["bash", str(ROOT / "tools" / "dist_train.sh"), str(double), "2", "--work-dir",
-                          str(tmp_path / "two"), "--deterministic"], cwd=tmp_path,
+                          str(tmp_path / "two"), "--deterministic", "--verbose"], cwd=tmp_path,
                          env={**ENV, "PORT": str(_free_port())}, capture_output=True, text=True, timeout=300)
     t_two = time.perf_counter() - start
     print(f"\n1 process: {t_one:.1f} s, 2 processes (gloo): {t_two:.1f} s")
