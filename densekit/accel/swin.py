@@ -20,6 +20,8 @@ tests/accel/test_swin_accel.py holds each against the network's own path.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,26 @@ def clear_folded_masks() -> None:
     _FOLDED.clear()
 
 
+def cached_folded_mask(store: weakref.WeakKeyDictionary, module: nn.Module, params: tuple[torch.Tensor, ...],
+                       compute: Callable[[], torch.Tensor], size_key: tuple) -> torch.Tensor:
+    """``compute()`` (a module's folded mask), cached in ``store[module]`` under ``size_key`` (padded size, window,
+    shift, batch, dtype) while the tensors it is folded from (``params``) cannot change under us: no autograd on
+    them, their versions and storage as when cached. Never while a graph is recorded (the key reads data
+    pointers, which traced tensors lack), nor for tensors made under ``torch.inference_mode()`` (no version
+    counters to notice updates by). At most ``MAX_FOLDED`` masks per module."""
+    if ((torch.is_grad_enabled() and any(p.requires_grad for p in params)) or is_tracing()
+            or any(p.is_inference() for p in params)):
+        return compute()
+    key = (*size_key, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
+    cache = store.setdefault(module, {})
+    if key not in cache:
+        if len(cache) >= MAX_FOLDED:
+            cache.clear()
+        with plain_tensors():
+            cache[key] = compute()
+    return cache[key]
+
+
 @register
 class FastWindowAttention(WindowAttention):
     """``WindowAttention`` with oneDNN's fused q, k, v projection, a folded-mask cache and ``residual_tiled``."""
@@ -54,22 +76,10 @@ class FastWindowAttention(WindowAttention):
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
                     dtype: torch.dtype) -> torch.Tensor:
-        """``WindowAttention.folded_mask``, cached per (padded size, window, shift, batch, dtype, device) while the
-        bias table cannot change under us: no autograd on it, and its version and storage as when cached."""
-        table = self.relative_position_bias_table
-        # Never while a graph is recorded: the key reads the table's data pointer, which traced tensors lack.
-        # Nor for a table made under torch.inference_mode(): it has no version counter to notice updates by.
-        if (torch.is_grad_enabled() and table.requires_grad) or is_tracing() or table.is_inference():
-            return super().folded_mask(height, width, window, shift, batch, dtype)
-        key = (height, width, window, shift, batch if shift else 1, dtype, table.device, table._version,
-               table.data_ptr())
-        cache = _FOLDED.setdefault(self, {})
-        if key not in cache:
-            if len(cache) >= MAX_FOLDED:
-                cache.clear()
-            with plain_tensors():
-                cache[key] = super().folded_mask(height, width, window, shift, batch, dtype)
-        return cache[key]
+        """``WindowAttention.folded_mask``, cached (``cached_folded_mask``) while the bias table is unchanged."""
+        compute = partial(super().folded_mask, height, width, window, shift, batch, dtype)
+        return cached_folded_mask(_FOLDED, self, (self.relative_position_bias_table,), compute,
+                                  (height, width, window, shift, batch if shift else 1, dtype))
 
     def residual_tiled(self, x: torch.Tensor, norm: nn.Module, window: int, shift: int) -> torch.Tensor:
         """``x + proj(attention(norm(x)))`` for CPU inference, computed tile by tile.
@@ -224,4 +234,5 @@ class FastSwinUnetDecoder(SwinUnetDecoder):
 
 
 __all__ = ["FastFinalPatchExpand", "FastPatchEmbed", "FastPatchExpand", "FastPatchMerging", "FastSwinBlock",
-           "FastSwinUnetDecoder", "FastSwinUpStage", "FastWindowAttention", "clear_folded_masks"]
+           "FastSwinUnetDecoder", "FastSwinUpStage", "FastWindowAttention", "cached_folded_mask",
+           "clear_folded_masks"]

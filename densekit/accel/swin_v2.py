@@ -17,6 +17,7 @@ tests/accel/test_swin_v2_accel.py holds each against the network's own path.
 from __future__ import annotations
 
 import weakref
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +25,14 @@ from torch import nn
 
 from ..backbones.swin_v2 import PatchMergingV2, SwinV2Block
 from ..layers.cosine_attention import CosineWindowAttention
-from ..layers.tracing import is_tracing
-from ..layers.window_attention import plain_tensors, window_order
+from ..layers.window_attention import window_order
 from . import register
 from .fused_linear import chunk_rows, cpu_inference, linear
+from .swin import cached_folded_mask
 
-# Folded masks per attention module, weakly keyed by it (optimize adds no state, restore leaves none), at most
-# MAX_FOLDED per module so that many input sizes keep memory bounded.
+# Folded masks per attention module, weakly keyed by it (optimize adds no state, restore leaves none); bounded per
+# module by accel.swin.cached_folded_mask.
 _FOLDED: weakref.WeakKeyDictionary[CosineWindowAttention, dict] = weakref.WeakKeyDictionary()
-MAX_FOLDED = 8
 
 
 def clear_folded_masks() -> None:
@@ -46,23 +46,11 @@ class FastCosineWindowAttention(CosineWindowAttention):
 
     def folded_mask(self, height: int, width: int, window: int, shift: int, batch: int,
                     dtype: torch.dtype) -> torch.Tensor:
-        """``CosineWindowAttention.folded_mask``, cached per (padded size, window, shift, batch, dtype, device) while
-        the position-bias MLP cannot change under us: no autograd on it, its weights' versions and storage as when
-        cached. Never while a graph is traced (no data pointers) nor for weights made under
-        ``torch.inference_mode()`` (no version counters to notice updates by)."""
-        params = tuple(self.cpb_mlp.parameters())
-        if ((torch.is_grad_enabled() and any(p.requires_grad for p in params)) or is_tracing()
-                or any(p.is_inference() for p in params)):
-            return super().folded_mask(height, width, window, shift, batch, dtype)
-        key = (height, width, window, shift, batch if shift else 1, dtype, params[0].device,
-               tuple((p._version, p.data_ptr()) for p in params))
-        cache = _FOLDED.setdefault(self, {})
-        if key not in cache:
-            if len(cache) >= MAX_FOLDED:
-                cache.clear()
-            with plain_tensors():
-                cache[key] = super().folded_mask(height, width, window, shift, batch, dtype)
-        return cache[key]
+        """``CosineWindowAttention.folded_mask``, cached (``accel.swin.cached_folded_mask``) while the position-bias
+        MLP's weights are unchanged."""
+        compute = partial(super().folded_mask, height, width, window, shift, batch, dtype)
+        return cached_folded_mask(_FOLDED, self, tuple(self.cpb_mlp.parameters()), compute,
+                                  (height, width, window, shift, batch if shift else 1, dtype))
 
     def residual_tiled(self, x: torch.Tensor, norm: nn.Module, window: int, shift: int) -> torch.Tensor:
         """``x + norm(proj(attention(x)))`` for CPU inference, computed tile by tile.
