@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import time
 from pathlib import Path
 
 import torch
@@ -84,7 +85,25 @@ def build_runner(cfg: Config, work_dir: str | None = None, resume: bool = False,
             raise SystemExit("--amp uses mmengine's AmpOptimWrapper, which needs a GPU; run without --amp on CPU")
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
-    return Runner.from_cfg(cfg)
+    _wait_for_a_new_second()
+    runner = Runner.from_cfg(cfg)
+    _last_timestamp[0] = runner.timestamp
+    return runner
+
+
+_last_timestamp = [""]  # the timestamp of the last Runner this process built (mmengine's %Y%m%d_%H%M%S)
+
+
+def _wait_for_a_new_second() -> None:
+    """Wait, at most a second, until the clock has left the second of the last Runner's timestamp.
+
+    mmengine names a run's log folder (``work_dir/<timestamp>``), logger, message hub and visualizer after the
+    config file and the second the run starts, and hands the next Runner an existing instance of the same name: a
+    second run built in the same second of one process (checkpoints evaluated in a loop, a test suite) would write
+    its log and ``vis_data`` into the first run's folder.
+    """
+    while time.strftime("%Y%m%d_%H%M%S") == _last_timestamp[0]:
+        time.sleep(1.0 - time.time() % 1.0 + 1e-3)
 
 
 def _accel_requested(cfg: Config, accel: bool | None) -> bool:

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from helpers.paths import ROOT as REPO
-from helpers.paths import SHARED_DATA
+from helpers.paths import SHARED_DATA, scratch_dir
 from mmengine.config import Config
 
 from densekit.apis import train
@@ -64,8 +64,8 @@ def _config(work_dir: Path) -> Config:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    work = tmp_path_factory.mktemp("swin_unet_mr")
+def trained(request):
+    work = scratch_dir(request, "swin_unet_mr")
     cfg = _config(work / "work")
     runner = train(cfg, work_dir=str(work / "work"))
     config_path = work / "swin_unet_mr.py"

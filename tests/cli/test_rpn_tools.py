@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.paths import scratch_dir
 
 from densekit.apis import inference_model, init_model
 from densekit.datasets.det.demo import make_demo_det_dataset
@@ -23,17 +24,17 @@ CONFIG = ROOT / "configs" / "rpn_regnetx_002_fpn_demo.py"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(request) -> Path:
     torch.manual_seed(0)
     model = init_model(str(CONFIG))
-    path = tmp_path_factory.mktemp("ckpt") / "rpn_demo.pth"
+    path = scratch_dir(request, "ckpt") / "rpn_demo.pth"
     torch.save({"meta": {"dataset_meta": {"classes": ["object"]}}, "state_dict": model.state_dict()}, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo_det")
+def data_root(request) -> Path:
+    root = scratch_dir(request, "demo_det")
     make_demo_det_dataset(str(root), num_train=2, num_val=3)
     return root
 

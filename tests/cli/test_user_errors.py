@@ -14,16 +14,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.paths import scratch_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(request) -> dict[str, Path]:
     from densekit.apis import build_model
     from densekit.engine.demo import load_demo_config
 
-    root = tmp_path_factory.mktemp("user_errors")
+    root = scratch_dir(request, "user_errors")
     cfg = load_demo_config(work_dir=str(root / "work"), data_root=str(root / "data"), crop_size=64,
                            dataset=dict(num_train=2, num_val=2, size=(64, 80), seed=0))
     cfg.model.backbone = dict(type="resnet18")

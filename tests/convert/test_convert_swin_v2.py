@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers.paths import scratch_dir
 
 import densekit
 from densekit.backbones.pretrained import load_pretrained_v2
@@ -235,12 +236,12 @@ def _simmim(encoder_official: dict[str, torch.Tensor], embed_dim: int, last_dim:
 
 
 @pytest.fixture(scope="module")
-def simmim_v2(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
+def simmim_v2(request) -> tuple[str, dict[str, torch.Tensor]]:
     """A SimMIM Swin V2-T file pretrained at window 12 on 192 px (noisy random weights), and its encoder in timm's
     layout."""
     torch.manual_seed(5)
     encoder = _perturb(timm.create_model("swinv2_tiny_window8_256", pretrained=False, img_size=192, window_size=12))
-    path = tmp_path_factory.mktemp("simmim") / SIMMIM_NAME
+    path = scratch_dir(request, "simmim") / SIMMIM_NAME
     torch.save(_simmim(_to_official(encoder.state_dict()), 96, 768), path)
     return str(path), encoder.state_dict()
 

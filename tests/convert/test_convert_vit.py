@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers.paths import scratch_dir
 from vit_checkpoints import mmseg_mae, mmseg_vit
 
 from densekit.backbones import create_backbone
@@ -71,9 +72,9 @@ def official_mae(state_dict: dict) -> dict:
 
 # ------------------------------------------------------------------------------------- acceptance: MAE
 @pytest.fixture(scope="module")
-def mae_file(tmp_path_factory):
+def mae_file(request):
     ref = _random_timm("vit_base_patch16_224")
-    path = tmp_path_factory.mktemp("mae") / "mae_pretrain_vit_base.pth"
+    path = scratch_dir(request, "mae") / "mae_pretrain_vit_base.pth"
     torch.save(official_mae(ref.state_dict()), path)
     return path, ref
 

@@ -58,6 +58,18 @@ def test_build_runner_adds_the_accel_hook_when_asked(tmp_path, key, argument, ad
     assert ("AccelHook" in [type(h).__name__ for h in runner.hooks]) is added
 
 
+def test_runners_built_in_one_second_keep_their_own_log_folders(tmp_path):
+    """mmengine hands a Runner the logger and visualizer of an earlier Runner started in the same second (their
+    names are the second): three toy runners, each built in well under a second, must each log into their own
+    work dir."""
+    runners = [build_runner(nan_loss_config(nan_at=100), work_dir=str(tmp_path / f"run{i}")) for i in range(3)]
+    assert len({runner.timestamp for runner in runners}) == 3
+    for i, runner in enumerate(runners):
+        own = str(tmp_path / f"run{i}")
+        assert runner.log_dir.startswith(own) and runner.logger.log_file.startswith(own)
+        assert runner.visualizer._vis_backends["LocalVisBackend"]._save_dir.startswith(own)
+
+
 def test_accel_key_must_be_a_bool(tmp_path):
     cfg = nan_loss_config(nan_at=100)
     cfg.accel = "yes"

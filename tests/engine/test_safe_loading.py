@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import scratch_dir
 from helpers.toy_runs import nan_loss_config
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -46,8 +47,8 @@ class RunsCode:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safe")
+def tiny(request):
+    root = scratch_dir(request, "safe")
     config = root / "upernet_r18.py"
     config.write_text(CONFIG)
     state_dict = build_model(load_config(str(config))).state_dict()

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers.paths import scratch_dir
 
 from densekit.apis import build_model, compile_inference, inference_model, init_model, load_config
 from densekit.convert import CheckpointError
@@ -38,9 +39,9 @@ def write_config(path: Path, num_classes: int = 3, pretrained: str | None = None
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(request):
     """A config, a trained-looking densekit checkpoint of its model (mmengine layout), and an image file."""
-    root = tmp_path_factory.mktemp("apis")
+    root = scratch_dir(request, "apis")
     config = write_config(root / "upernet_r18.py")
     torch.manual_seed(0)
     model = build_model(load_config(str(config)))

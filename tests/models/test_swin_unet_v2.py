@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from helpers.paths import SHARED_DATA
+from helpers.paths import SHARED_DATA, scratch_dir
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
@@ -152,13 +152,13 @@ def test_swin_unet_v2_t_runs_at_the_sizes_of_the_issue(swin_unet_v2_t, size):
 
 # ------------------------------------------------------------------------------------ V2 loading
 @pytest.fixture(scope="module")
-def timm_v2_file(tmp_path_factory) -> tuple[Path, dict]:
+def timm_v2_file(request) -> tuple[Path, dict]:
     """A random timm ``swinv2_tiny_window8_256`` (noisy norms, logit scales, biases) saved as its release name."""
     torch.manual_seed(0)
     net = timm.create_model("swinv2_tiny_window8_256", pretrained=False)
     _noisy(net)
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    path = tmp_path_factory.mktemp("v2") / "swinv2_tiny_patch4_window8_256.pth"
+    path = scratch_dir(request, "v2") / "swinv2_tiny_patch4_window8_256.pth"
     torch.save(state, path)
     return path, state
 
