@@ -46,7 +46,8 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "densekit", "train", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 900
-    while not (work / "iter_1.pth").exists() and time.time() < deadline and proc.poll() is None:
+    # last_checkpoint, not iter_1.pth: the demo config keeps one checkpoint, so iter_1.pth lives about a second
+    while not (work / "last_checkpoint").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
