@@ -59,8 +59,10 @@ ci:
 
 # Mutants of each module run only the tests that cover it (mutmut records which tests reach which function);
 # [tool.mutmut] in pyproject.toml lists the modules and the tests. Not in CI: it takes about 40 minutes.
+# One torch thread: mutmut forks each mutant's test run from a process that has already run torch, and the fork
+# inherits an OpenMP thread pool it cannot use (every mutant of SwinUnetDiceLoss.forward hung to its timeout).
 mutate: $(VENV)/.installed-mutate
-	$(BIN)/mutmut run --max-children 2
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
 
 clean:
