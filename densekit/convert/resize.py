@@ -41,6 +41,7 @@ def _bias_table(key: str, value: torch.Tensor, shape: tuple[int, ...], method: s
         table_window(value)
     except ValueError as error:
         raise CheckpointError(f"{key}: {error} (shape {tuple(value.shape)})") from error
+    # isqrt(shape[0]) is odd for every (2W-1)^2 table, so +1 or +2 give the same W; other shapes fail the final check.
     return resize_bias_table(value, (math.isqrt(shape[0]) + 1) // 2, method)
 
 
