@@ -239,3 +239,29 @@ def test_misfit_messages_name_the_checkpoint_key_only_when_it_was_renamed():
     assert message.startswith("checkpoint does not fit the model:")
     assert "x (checkpoint: old.x) (1,)" in message
     assert re.search(r"w: checkpoint \(3,\), model \(2,\)$", message, re.MULTILINE)
+
+
+# ------------------------------------------------------------------------ position-embedding guards (resize)
+@pytest.mark.parametrize("key", ["absolute_pos_embed", "backbone.model.pos_embed"])
+@pytest.mark.parametrize(("value", "shape"), [
+    ((1, 16, 8), (1, 36, 4)),  # another embedding width: not a resize
+    ((16, 8), (1, 36, 8)),     # a 2-D value
+    ((1, 16, 8), (1, 36)),     # a 2-D model tensor
+])
+def test_position_embeddings_of_another_layout_are_not_resized(key, value, shape):
+    assert resize_tensor(key, _randn(*value), shape) is None
+
+
+def test_a_vit_pos_embed_without_class_slot_resizes_its_whole_grid():
+    """timm's ``no_embed_class`` layout: no leading slot (P = 0), every position is a patch."""
+    embed = _randn(1, 4, 3)
+    out = resize_tensor("backbone.model.pos_embed", embed, (1, 9, 3), pos_grid=(3, 3))
+    torch.testing.assert_close(out, _bicubic_grid(embed, (2, 2), (3, 3)))
+
+
+@pytest.mark.parametrize(("positions", "grid", "length"), [(1, (2, 2), 5), (5, (3, 3), 8)])
+def test_a_vit_pos_embed_that_cannot_hold_its_class_slots_is_refused_by_name(positions, grid, length):
+    """(1 position, 1 class slot + a 2x2 grid): nothing left for the patches; (a 3x3 grid in 8 slots): -1 slots."""
+    message = f"backbone.model.pos_embed: pos_embed of {positions} positions does not fit a {grid} grid with {length}"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        resize_tensor("backbone.model.pos_embed", _randn(1, positions, 8), (1, length, 8), pos_grid=grid)

@@ -243,6 +243,17 @@ def test_lovasz_batch_without_counted_pixels_is_zero_with_zero_gradient():
     assert value.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x.grad))
 
 
+def test_binary_lovasz_on_one_counted_pixel_and_on_none():
+    """One counted pixel: its hinge ``relu(1 - x (2y - 1))`` (the Jaccard increment of a single pixel is 1); every
+    pixel ignored: 0, not NaN."""
+    loss = LovaszLoss(loss_type="binary", reduction="none")
+    logits = torch.tensor([[[[0.3, -2.0]]]])
+    labels = torch.tensor([[[1, 255]]])
+    torch.testing.assert_close(loss(logits, labels, 255), torch.tensor(0.7))
+    empty = loss(logits, torch.full_like(labels, 255), 255)
+    assert empty.item() == 0.0
+
+
 def test_binary_lovasz_is_the_lovasz_hinge():
     logits, labels = _binary_case()
     loss = LovaszLoss(loss_type="binary", reduction="none", loss_weight=0.5)
