@@ -93,16 +93,32 @@ def lovasz_softmax(logits, labels, classes="present", ignore_index=255):
             continue
         errors = (fg - probs[:, c]).abs()
         order = errors.argsort(descending=True)
-        jaccard = []
-        for i in range(1, len(order) + 1):  # Jaccard loss when the i largest errors are counted as wrong
-            top = fg[order[:i]]
-            inter = fg.sum() - top.sum()
-            union = fg.sum() + (1 - top).sum()
-            jaccard.append(1 - inter / union)
-        jaccard = torch.stack(jaccard)
-        increments = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
-        losses.append((errors[order] * increments).sum())
+        losses.append((errors[order] * jaccard_increments(fg[order])).sum())
     return torch.stack(losses).mean()
+
+
+def jaccard_increments(fg_sorted):
+    """Berman et al.: the Jaccard loss when the first ``i`` pixels of the error order count as wrong, for each
+    ``i``, and its increments along that order (``fg_sorted``: the 0/1 labels in that order)."""
+    jaccard = []
+    for i in range(1, len(fg_sorted) + 1):
+        top = fg_sorted[:i]
+        inter = fg_sorted.sum() - top.sum()
+        union = fg_sorted.sum() + (1 - top).sum()
+        jaccard.append(1 - inter / union)
+    jaccard = torch.stack(jaccard)
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_hinge(logits, labels, ignore_index=255):
+    """Berman et al.'s binary Lovasz hinge over the counted pixels of ``(B, 1, H, W)`` logits: errors
+    ``1 - x * (2y - 1)`` sorted decreasing, their ReLU dotted with the Jaccard increments."""
+    x, y = logits[:, 0].reshape(-1), labels.reshape(-1)
+    keep = y != ignore_index
+    x, fg = x[keep], y[keep].float()
+    errors = 1 - x * (2 * fg - 1)
+    order = errors.argsort(descending=True)
+    return (F.relu(errors[order]) * jaccard_increments(fg[order])).sum()
 
 
 def jaccard_loss_of_hard_predictions(logits, labels, ignore_index=255):

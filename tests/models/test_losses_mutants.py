@@ -45,29 +45,6 @@ def _binary_case(seed: int = 0):
     return logits, labels
 
 
-def _jaccard_increments(fg_sorted: torch.Tensor) -> torch.Tensor:
-    """Berman et al.: the Jaccard loss when the first ``i`` sorted pixels count as wrong, and its increments."""
-    jaccard = []
-    for i in range(1, len(fg_sorted) + 1):
-        top = fg_sorted[:i]
-        inter = fg_sorted.sum() - top.sum()
-        union = fg_sorted.sum() + (1 - top).sum()
-        jaccard.append(1 - inter / union)
-    jaccard = torch.stack(jaccard)
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
-
-
-def _lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Berman et al.'s binary Lovasz hinge over the counted pixels: errors ``1 - x * (2y - 1)`` sorted decreasing,
-    their ReLU dotted with the Jaccard increments."""
-    x, y = logits[:, 0].reshape(-1), labels.reshape(-1)
-    keep = y != ignore_index
-    x, fg = x[keep], y[keep].float()
-    errors = 1 - x * (2 * fg - 1)
-    order = errors.argsort(descending=True)
-    return (F.relu(errors[order]) * _jaccard_increments(fg[order])).sum()
-
-
 # ------------------------------------------------------------------------------ the default ignore label 255
 def test_every_loss_ignores_label_255_when_the_caller_names_no_ignore_index():
     """mmseg's default ignore label is 255; each loss's ``forward`` has it as its default too."""
@@ -257,7 +234,7 @@ def test_binary_lovasz_on_one_counted_pixel_and_on_none():
 def test_binary_lovasz_is_the_lovasz_hinge():
     logits, labels = _binary_case()
     loss = LovaszLoss(loss_type="binary", reduction="none", loss_weight=0.5)
-    torch.testing.assert_close(loss(logits, labels, 255), 0.5 * _lovasz_hinge(logits, labels))
+    torch.testing.assert_close(loss(logits, labels, 255), 0.5 * ref.lovasz_hinge(logits, labels))
     with pytest.raises(ValueError, match=re.escape("is for one-class heads (B, 1, H, W), got logits (2, 2, 6, 7)")):
         LovaszLoss(loss_type="binary", reduction="none")(torch.zeros(2, 2, 6, 7), labels, 255)
 
