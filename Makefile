@@ -48,7 +48,7 @@ test-slow: install-test
 # own (make test, make test-slow) and the peer benchmarks (minutes of timing, no pass/fail claim).
 test-readme: install-test
 	$(BIN)/python tools/check_readme.py --skip 'make test' --skip 'make test-slow' --skip '-m benchmarks' \
-		--skip 'densekit benchmark'
+		--skip 'densekit benchmark' --skip 'twins_svt-s_uperhead_8x2_512x512_160k_ade20k.pth' --grace 30
 
 # The CI command (.ci/run): the three lanes in order, each one's wall time printed after it.
 ci:

@@ -161,8 +161,8 @@ def test_rpn_loss_falls_in_20_iterations_on_the_voc_samples(tmp_path):
 
 @pytest.mark.slow
 def test_demo_config_trains_to_ar100_of_one_half(tmp_path):
-    """configs/rpn_regnetx_002_fpn_demo.py from scratch on the CPU: <= 10 minutes, AR@100 >= 0.5 on its val split
-    (measured on an idle 2-core machine: 93 s for 300 iterations, AR@100 0.568)."""
+    """configs/rpn_regnetx_002_fpn_demo.py from scratch on the CPU: AR@100 >= 0.5 on its val split (measured on an
+    idle 2-core machine: 93 s for 300 iterations, AR@100 0.568; the time is printed, not asserted)."""
     from densekit.apis import load_config, train
 
     cfg = load_config(str(ROOT / "configs" / "rpn_regnetx_002_fpn_demo.py"))
@@ -175,4 +175,4 @@ def test_demo_config_trains_to_ar100_of_one_half(tmp_path):
     ar100 = runner.message_hub.get_scalar("val/AR@100").current()
     print(f"\ndemo: AR@100 {ar100:.4f} after {cfg.train_cfg.max_iters} iterations, {minutes:.1f} min "
           "(including generating the data)")
-    assert ar100 >= 0.5 and minutes <= 10
+    assert ar100 >= 0.5
