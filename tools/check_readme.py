@@ -4,6 +4,7 @@
     python tools/check_readme.py --list           # only print the commands it would run
     python tools/check_readme.py --keep /tmp/rc   # keep the clone for a look afterwards
     python tools/check_readme.py --skip 'make test'   # leave out a command (CI runs that one as a lane of its own)
+    python tools/check_readme.py --instead 'make test' 'make install-test'   # run another command in its place
 
 Every ```bash block of the README runs as one ``bash -e`` script and every ```python block with the clone's
 ``.venv/bin/python``, one block after the other, in a fresh ``git clone`` of this repository's HEAD, with
@@ -67,13 +68,17 @@ def skips(command: str, patterns: list[str]) -> bool:
     return any(re.search(rf"(^|[\s/]){re.escape(p)}(\s|$)", command) for p in patterns)
 
 
-def without_skipped(code: str, patterns: list[str]) -> tuple[str, list[str]]:
-    """A bash block less its commands that ``skips`` names (each replaced by ``:``), and the commands left out."""
+def without_skipped(code: str, patterns: list[str],
+                    instead: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """A bash block less its commands that ``skips`` names, and the commands left out. A left-out command becomes
+    ``instead[pattern]`` for the first pattern of ``instead`` it matches (``make test`` -> ``make install-test``:
+    the suite runs as a lane of its own, but later blocks use what it installed), else ``:``."""
+    instead = instead or {}
     kept, dropped = [], []
     for line in re.sub(r"\\\n\s*", " ", code).splitlines():
         command = strip_comment(line).strip()
-        if command and skips(command, patterns):
-            kept.append(":")
+        if command and skips(command, [*patterns, *instead]):
+            kept.append(next((new for old, new in instead.items() if skips(command, [old])), ":"))
             dropped.append(command)
         else:
             kept.append(line)
@@ -151,15 +156,20 @@ def trains_on_standin_data(code: str, cwd: Path) -> bool:
     if len(block_commands(code)) != 1:
         return False
     for match in re.finditer(r"(?:train\.py|dist_train\.sh|densekit train)\s+(configs/\S+\.py)", code):
-        if not (cwd / match[1]).is_file():
-            continue
-        text = (cwd / match[1]).read_text()
-        base = re.search(r"_base_\s*=\s*[\"'](\S+)[\"']", text)
-        if base and (cwd / "configs" / base[1]).is_file():
-            text += (cwd / "configs" / base[1]).read_text()
-        if any(root in text for root in STANDIN_ROOTS):
+        if (cwd / match[1]).is_file() and any(root in config_text(cwd / match[1]) for root in STANDIN_ROOTS):
             return True
     return False
+
+
+def config_text(config: Path) -> str:
+    """The text of ``config`` and of the configs it inherits (``_base_ = "x.py"`` or ``["./x.py", ...]``, paths
+    relative to its folder), recursively."""
+    text = config.read_text()
+    base = re.search(r"^_base_\s*=\s*(\[[^\]]*\]|\S+)", text, re.M)
+    for name in re.findall(r"[\"']([^\"']+\.py)[\"']", base[1] if base else ""):
+        if (config.parent / name).is_file():
+            text += config_text(config.parent / name)
+    return text
 
 
 def run_block(language: str, code: str, cwd: Path, budget: float, grace: float, log: Path) -> tuple[str, float]:
@@ -211,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the commands and exit")
     parser.add_argument("--skip", action="append", default=[], metavar="COMMAND",
                         help="leave out the bash commands that contain COMMAND as whole words (repeatable)")
+    parser.add_argument("--instead", nargs=2, action="append", default=[], metavar=("COMMAND", "RUN"),
+                        help="run RUN in place of the bash commands that contain COMMAND as whole words (repeatable)")
     args = parser.parse_args(argv)
     blocks = readme_blocks(args.readme)
     if args.list:
@@ -225,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for index, (language, code) in enumerate(blocks):
         log = target / f"block_{index + 1:02d}.log"
-        if language == "bash" and args.skip:
-            code, dropped = without_skipped(code, args.skip)
+        if language == "bash" and (args.skip or args.instead):
+            code, dropped = without_skipped(code, args.skip, dict(args.instead))
             for command in dropped:
-                print(f"[{index + 1}/{len(blocks)}] skipped           {command}", flush=True)
+                replaced = next((new for old, new in args.instead if skips(command, [old])), None)
+                label = f"instead: {replaced}" if replaced else "skipped"
+                print(f"[{index + 1}/{len(blocks)}] {label:<17} {command}", flush=True)
             if all(command == ":" for command in block_commands(code)):
                 continue  # nothing of the block left to run
         status, seconds = run_block(language, code, clone, args.budget, args.grace, log)

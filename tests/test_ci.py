@@ -1,0 +1,27 @@
+"""CI's command runs the three lanes: .ci/run is ``make ci``; ``make ci`` runs ``make test`` first, then the slow lane
+beside the README lane; the lanes run the suites on pytest-xdist workers (docs/testing.md)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(target: str) -> str:
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    return re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, re.M)[1]
+
+
+def test_ci_runs_make_ci_and_make_ci_runs_the_three_lanes():
+    commands = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "make ci" in commands and not any(c.startswith("make ") and c != "make ci" for c in commands)
+    ci = _recipe("ci").splitlines()
+    assert "lane-test" in ci[0].split()
+    assert {"--jobs", "lane-test-slow", "lane-test-readme"} <= set(ci[1].split())
+
+
+def test_the_suites_run_on_xdist_workers_and_the_slow_lane_selects_slow():
+    assert "-n $(PYTEST_WORKERS)" in re.search(r"^PYTEST :=(.*)$", (ROOT / "Makefile").read_text(), re.M)[1]
+    assert "$(PYTEST)" in _recipe("test") and "$(PYTEST) -m slow" in _recipe("test-slow")
+    assert "check_readme.py" in _recipe("test-readme")
