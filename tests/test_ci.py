@@ -1,5 +1,6 @@
-"""CI's command runs the three lanes: .ci/run is ``make ci``; ``make ci`` runs ``make test`` first, then the slow lane
-beside the README lane; the lanes run the suites on pytest-xdist workers (docs/testing.md)."""
+"""CI's command runs the three lanes: .ci/run is ``make ci``; ``make ci`` runs ``make test``'s lint first, then the
+default suite, the slow lane and the README lane side by side; the suites run on pytest-xdist workers
+(docs/testing.md)."""
 from __future__ import annotations
 
 import re
@@ -16,12 +17,15 @@ def _recipe(target: str) -> str:
 def test_ci_runs_make_ci_and_make_ci_runs_the_three_lanes():
     commands = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert "make ci" in commands and not any(c.startswith("make ") and c != "make ci" for c in commands)
-    ci = _recipe("ci").splitlines()
-    assert "lane-test" in ci[0].split()
-    assert {"--jobs", "lane-test-slow", "lane-test-readme"} <= set(ci[1].split())
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^ci: lint$", makefile, re.M) and re.search(r"^test: lint$", makefile, re.M)
+    lanes = _recipe("ci").split()
+    assert {"--jobs", "lane-test-suite", "lane-test-slow", "lane-test-readme"} <= set(lanes)
+    assert "ruff" in _recipe("lint") and "lint-imports" in _recipe("lint")
 
 
 def test_the_suites_run_on_xdist_workers_and_the_slow_lane_selects_slow():
     assert "-n $(PYTEST_WORKERS)" in re.search(r"^PYTEST :=(.*)$", (ROOT / "Makefile").read_text(), re.M)[1]
-    assert "$(PYTEST)" in _recipe("test") and "$(PYTEST) -m slow" in _recipe("test-slow")
+    assert "$(PYTEST)" in _recipe("test") and "$(PYTEST)" in _recipe("test-suite")
+    assert "$(PYTEST) -m slow" in _recipe("test-slow")
     assert "check_readme.py" in _recipe("test-readme")
