@@ -20,7 +20,7 @@ def test_ci_runs_make_ci_and_make_ci_runs_the_three_lanes():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^ci: lint$", makefile, re.M) and re.search(r"^test: lint$", makefile, re.M)
     lanes = _recipe("ci").split()
-    assert {"--jobs", "lane-test-suite", "lane-test-slow", "lane-test-readme"} <= set(lanes)
+    assert {"--jobs", "PYTEST_NICE=5", "lane-test-suite", "lane-test-slow", "lane-test-readme"} <= set(lanes)
     assert "ruff" in _recipe("lint") and "lint-imports" in _recipe("lint")
 
 
