@@ -70,12 +70,12 @@ test-readme: install-test
 
 # The CI command (.ci/run): make test's lint first (it fails fast), then the three lanes side by side: the default
 # suite, the slow lane and the README lane. The README lane is one long chain of commands (pip, one-process tools,
-# the demo's training) that cannot use both cores all the time, so it sets the pace: the suites' workers run at a
-# lower priority (nice 5) and take what it leaves; shared evenly, the chain ran at a quarter of its speed and CI took
-# ~40 minutes (docs/testing.md). Each lane's output is printed whole when it ends (--output-sync), then its wall time
-# and exit status.
+# the demo's training) that sets CI's pace, so every process runs one torch thread (a two-thread process beside
+# others waits on its starved second thread: the demo then trained at a quarter of its speed) and the suites'
+# workers run at nice 5, taking the core the chain leaves. Each lane's output is printed whole when it ends
+# (--output-sync), then its wall time and exit status. Measured in docs/testing.md.
 ci: lint
-	@$(MAKE) --no-print-directory --jobs 3 --output-sync=target PYTEST_NICE=5 \
+	@OMP_NUM_THREADS=1 $(MAKE) --no-print-directory --jobs 3 --output-sync=target PYTEST_NICE=5 \
 		lane-test-suite lane-test-slow lane-test-readme
 
 # make lane-X: make X, then its wall time.

@@ -20,6 +20,7 @@ def test_ci_runs_make_ci_and_make_ci_runs_the_three_lanes():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^ci: lint$", makefile, re.M) and re.search(r"^test: lint$", makefile, re.M)
     lanes = _recipe("ci").split()
+    assert lanes[0] == "@OMP_NUM_THREADS=1"  # one torch thread a process: the lanes share two cores
     assert {"--jobs", "PYTEST_NICE=5", "lane-test-suite", "lane-test-slow", "lane-test-readme"} <= set(lanes)
     assert "ruff" in _recipe("lint") and "lint-imports" in _recipe("lint")
 

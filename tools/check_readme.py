@@ -68,6 +68,11 @@ def skips(command: str, patterns: list[str]) -> bool:
     return any(re.search(rf"(^|[\s/]){re.escape(p)}(\s|$)", command) for p in patterns)
 
 
+def replacement(command: str, instead: dict[str, str]) -> str | None:
+    """What runs in place of ``command``: ``instead[pattern]`` for the first pattern it contains, else None."""
+    return next((new for old, new in instead.items() if skips(command, [old])), None)
+
+
 def without_skipped(code: str, patterns: list[str],
                     instead: dict[str, str] | None = None) -> tuple[str, list[str]]:
     """A bash block less its commands that ``skips`` names, and the commands left out. A left-out command becomes
@@ -78,7 +83,7 @@ def without_skipped(code: str, patterns: list[str],
     for line in re.sub(r"\\\n\s*", " ", code).splitlines():
         command = strip_comment(line).strip()
         if command and skips(command, [*patterns, *instead]):
-            kept.append(next((new for old, new in instead.items() if skips(command, [old])), ":"))
+            kept.append(replacement(command, instead) or ":")
             dropped.append(command)
         else:
             kept.append(line)
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         if language == "bash" and (args.skip or args.instead):
             code, dropped = without_skipped(code, args.skip, dict(args.instead))
             for command in dropped:
-                replaced = next((new for old, new in args.instead if skips(command, [old])), None)
+                replaced = replacement(command, dict(args.instead))
                 label = f"instead: {replaced}" if replaced else "skipped"
                 print(f"[{index + 1}/{len(blocks)}] {label:<17} {command}", flush=True)
             if all(command == ":" for command in block_commands(code)):
