@@ -2,10 +2,9 @@
 own."""
 from __future__ import annotations
 
-import re
 import shlex
 
-from helpers.tools import load_tool
+from helpers.tools import load_tool, makefile_recipe
 
 CHECK = load_tool("check_readme")
 
@@ -35,8 +34,7 @@ def test_instead_runs_another_command_in_place_of_the_matched_one():
 
 def _readme_lane_arguments() -> tuple[list[str], dict[str, str]]:
     """The ``--skip`` patterns and ``--instead`` pairs of the Makefile's ``test-readme`` recipe."""
-    makefile = (CHECK.ROOT / "Makefile").read_text().replace("\\\n", " ")
-    words = shlex.split(re.search(r"^test-readme:.*\n\t(.*)$", makefile, re.M)[1])
+    words = shlex.split(makefile_recipe("test-readme"))
     skip = [words[i + 1] for i, word in enumerate(words) if word == "--skip"]
     instead = {words[i + 1]: words[i + 2] for i, word in enumerate(words) if word == "--instead"}
     return skip, instead

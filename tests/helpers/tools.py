@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from types import ModuleType
 
 from helpers.paths import ROOT
@@ -13,3 +14,9 @@ def load_tool(name: str = "convert") -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def makefile_recipe(target: str) -> str:
+    """The recipe lines of ``target`` in the checkout's Makefile, continuation lines joined."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    return re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", makefile, re.M)[1]
